@@ -1,0 +1,70 @@
+"""``launcher dry-run``: print the exact plan, no cluster needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import click
+
+from ..config import LaunchConfig
+from ..discovery import static_members
+from ..errors import ConfigError
+from ..plan import MpiFlavor, TritonCommand, build_plan, format_plan, lws_members, parse_mpirun_version
+from .options import GROUP, PARALLELISM, TRITON, apply, build_config
+
+
+@click.command("dry-run")
+@apply(PARALLELISM, TRITON, GROUP)
+@click.option("--hosts", default=None, metavar="POD,...", help="Group members in worker-index order.")
+@click.option("--lws-name", default=None, help="Synthesize the pods of this LeaderWorkerSet ...")
+@click.option("--group-index", type=int, default=0, show_default=True, help="... and of this group.")
+@click.option("--mpi", "mpi_version", type=click.Choice(["auto", "4.1", "5.0"]), default="auto", show_default=True,
+              help="Open MPI flavour to plan for (auto: ask mpirun --version, else 5.0).")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def dry_run(**params: Any) -> int:
+    """Print hosts, ranks, GPUs, the mpirun argv and environment."""
+    params["verbosity"] = 0
+    config = build_config(params)
+    members = _members(params, config)
+    flavor = _flavor(params["mpi_version"], config.mpirun)
+    agent = config.rsh_agent if len(members) > 1 else None
+    plan = build_plan(
+        config, members, flavor, triton=TritonCommand(config.tritonserver), environ=os.environ,
+        launch_id="<per-launch id>", is_root=os.geteuid() == 0, agent=agent,
+    )
+    if params["output"] == "json":
+        click.echo(json.dumps(plan.to_dict(), indent=2))
+    else:
+        click.echo(format_plan(plan, config))
+    return 0
+
+
+def _members(params: dict[str, Any], config: LaunchConfig) -> list[Any]:
+    if params["hosts"] and params["lws_name"]:
+        raise ConfigError("--hosts and --lws-name both given: they describe the same pods; keep one")
+    if params["hosts"]:
+        words = [w.strip() for w in params["hosts"].split(",") if w.strip()]
+        if len(words) != config.pods:
+            raise ConfigError(
+                f"--hosts={params['hosts']}: {len(words)} pods given but tp*pp/gpus-per-pod="
+                f"{config.world_size}/{config.gpus_per_pod} needs {config.pods}; list one host per pod"
+            )
+        return static_members(words)
+    if params["group_index"] < 0:
+        raise ConfigError(f"--group-index={params['group_index']}: a group index is 0 or more; fix the index")
+    return lws_members(params["lws_name"] or "triton", params["group_index"], config.pods)
+
+
+def _flavor(requested: str, mpirun: str) -> MpiFlavor:
+    if requested != "auto":
+        major, minor = requested.split(".")
+        return MpiFlavor(int(major), int(minor))
+    path = shutil.which(mpirun)
+    if path is None:
+        return MpiFlavor(5, 0)
+    done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    return parse_mpirun_version(done.stdout + done.stderr)

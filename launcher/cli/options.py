@@ -1,0 +1,123 @@
+"""Options shared by the commands, and the one place that turns them into a config.
+
+Every option has an environment fallback (LAUNCHER_*), since containers are
+configured by environment; the original tutorial's flag spellings are kept
+as aliases so existing deployments work unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..config import DEFAULT_FORWARD_PREFIXES, LaunchConfig, NsysConfig, parse_env_assignments, validate
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _opt(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
+    return click.option(*names, envvar=env, show_envvar=True, show_default=True, **kwargs)
+
+
+LOGGING = [
+    _opt("--log-format", env="LAUNCHER_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text",
+         help="The launcher's own log lines."),
+    _opt("-v", "--verbose", "verbosity", env="LAUNCHER_VERBOSE", count=True,
+         help="More logging (launcher debug; Triton --log-verbose).")
+]
+
+HEALTH = [
+    _opt("--health-port", env="LAUNCHER_HEALTH_PORT", type=int, default=8080,
+         help="Port of the launcher's /healthz, /readyz and /metrics."),
+]
+
+PARALLELISM = [
+    _opt("--tp", env="LAUNCHER_TP", type=int, default=1, help="Tensor-parallel size."),
+    _opt("--pp", env="LAUNCHER_PP", type=int, default=1, help="Pipeline-parallel size."),
+    _opt("--gpus-per-pod", "--gpu_per_node", "gpus_per_pod", env="LAUNCHER_GPUS_PER_POD", type=int, default=1,
+         help="GPUs (ranks) in each pod of the group."),
+]
+
+TRITON = [
+    _opt("--model-repo", "--triton_model_repo_dir", "model_repo", env="LAUNCHER_MODEL_REPO",
+         type=click.Path(path_type=Path), default=Path("/var/run/models"), help="Triton model repository."),
+    _opt("--model", env="LAUNCHER_MODEL", default="tensorrt_llm",
+         help="Model that ranks other than 0 load explicitly."),
+    _opt("--http-port", env="LAUNCHER_HTTP_PORT", type=int, default=8000, help="Rank 0's HTTP port."),
+    _opt("--grpc-port", env="LAUNCHER_GRPC_PORT", type=int, default=8001, help="Rank 0's gRPC port."),
+    _opt("--metrics-port", env="LAUNCHER_METRICS_PORT", type=int, default=8002, help="Rank 0's metrics port."),
+    _opt("--iso8601", env="LAUNCHER_ISO8601", count=True, help="ISO 8601 timestamps in Triton's logs."),
+    _opt("--triton-log-verbose", env="LAUNCHER_TRITON_LOG_VERBOSE", type=int, default=None,
+         help="Triton --log-verbose level (default: the -v count)."),
+    _opt("--model-load-threads", env="LAUNCHER_MODEL_LOAD_THREADS", type=int, default=2,
+         help="Triton --model-load-thread-count."),
+    _opt("--tritonserver", env="LAUNCHER_TRITONSERVER", default="tritonserver",
+         help="tritonserver binary (name on PATH or path)."),
+    _opt("--mpirun", env="LAUNCHER_MPIRUN", default="mpirun", help="mpirun binary (Open MPI 4.1 or 5.x)."),
+    _opt("--env", "extra_env", env="LAUNCHER_ENV", multiple=True, metavar="NAME=VALUE",
+         help="Extra environment for every rank (repeatable)."),
+    _opt("--forward-env", env="LAUNCHER_FORWARD_ENV", multiple=True, metavar="NAME|PREFIX_",
+         help=f"Variables passed on to ranks (repeatable; default: {' '.join(DEFAULT_FORWARD_PREFIXES)})."),
+    _opt("--nsys/--no-nsys", "--enable_nsys", "nsys", env="LAUNCHER_NSYS", default=False,
+         help="Wrap every rank in Nsight Systems."),
+    _opt("--nsys-binary", env="LAUNCHER_NSYS_BINARY", default="nsys", help="Nsight Systems binary."),
+    _opt("--nsys-output", env="LAUNCHER_NSYS_OUTPUT", default="/tmp/nsys", help="Directory for rank reports."),
+    _opt("--nsys-trace", env="LAUNCHER_NSYS_TRACE", default="cuda,nvtx,osrt,mpi", help="nsys --trace set."),
+    _opt("--startup-timeout", "startup_timeout_s", env="LAUNCHER_STARTUP_TIMEOUT", type=float, default=1800.0,
+         help="Seconds rank 0 may take to become ready (large engines load slowly)."),
+    _opt("--stop-grace-period", "stop_grace_s", env="LAUNCHER_STOP_GRACE_PERIOD", type=float, default=10.0,
+         help="Seconds ranks get to exit after SIGTERM before SIGKILL."),
+]
+
+GROUP = [
+    _opt("--group-key", "--stateful_set_group_key", "group_key", env="LAUNCHER_GROUP_KEY", default=None,
+         help="The LWS group key (leaderworkerset.sigs.k8s.io/group-key) of this pod's group."),
+    _opt("--namespace", env="LAUNCHER_NAMESPACE", default=None, help="Namespace of the group's pods."),
+    _opt("--group-size", env="LWS_GROUP_SIZE", type=int, default=None,
+         help="Pods in the group (LeaderWorkerSet sets LWS_GROUP_SIZE)."),
+    _opt("--discovery-timeout", "discovery_timeout_s", env="LAUNCHER_DISCOVERY_TIMEOUT", type=float,
+         default=600.0, help="Seconds to wait for every pod to be running and reachable."),
+    _opt("--rsh-agent", env="LAUNCHER_RSH_AGENT", default="kubessh",
+         help="MPI remote-launch agent that runs a command in a pod."),
+]
+
+
+def apply(*groups: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        for group in reversed(groups):
+            for option in reversed(group):
+                func = option(func)
+        return func
+
+    return decorate
+
+
+def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
+    """A validated LaunchConfig from click's parameters (unknown keys ignored)."""
+    values = {**params, **overrides}
+    verbosity = values.get("verbosity", 0)
+    triton_verbose = values.get("triton_log_verbose")
+    forward = tuple(values.get("forward_env") or ()) or DEFAULT_FORWARD_PREFIXES
+    fields = {
+        name: values[name]
+        for name in LaunchConfig.__dataclass_fields__
+        if name in values and name not in {"extra_env", "forward_env", "nsys", "triton_log_verbose", "iso8601"}
+        and values[name] is not None
+    }
+    config = LaunchConfig(
+        **fields,
+        extra_env=parse_env_assignments(values.get("extra_env") or ()),
+        forward_env=forward,
+        nsys=NsysConfig(
+            enabled=bool(values.get("nsys")),
+            binary=values.get("nsys_binary", "nsys"),
+            output_dir=values.get("nsys_output", "/tmp/nsys"),
+            trace=values.get("nsys_trace", "cuda,nvtx,osrt,mpi"),
+        ),
+        triton_log_verbose=triton_verbose if triton_verbose is not None else verbosity,
+        iso8601=bool(values.get("iso8601")),
+    )
+    return validate(config)

@@ -1,0 +1,170 @@
+"""Launch configuration: one immutable value, validated before anything starts.
+
+Validation is pure (no I/O) so every rule is unit tested; the checks that read
+the filesystem live in ``model_repository.py``. Each broken rule raises a
+``ConfigError`` whose message names the value, the rule and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "tensorrt_llm"
+DEFAULT_FORWARD_PREFIXES = (
+    "NCCL_",
+    "FI_",
+    "RDMAV_",
+    "UCX_",
+    "CUDA_",
+    "TRTLLM_",
+    "TLLM_",
+    "LD_LIBRARY_PATH",
+    "PATH",
+)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class NsysConfig:
+    """Optional Nsight Systems wrapper around every rank."""
+
+    enabled: bool = False
+    binary: str = "nsys"
+    output_dir: str = "/tmp/nsys"
+    trace: str = "cuda,nvtx,osrt,mpi"
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    tp: int = 1
+    pp: int = 1
+    gpus_per_pod: int = 1
+    model_repo: Path = Path("/var/run/models")
+    model: str = DEFAULT_MODEL
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    health_port: int = 8080
+    group_size: int | None = None  # LWS_GROUP_SIZE, when LWS provides it
+    group_key: str | None = None
+    namespace: str | None = None
+    nsys: NsysConfig = NsysConfig()
+    triton_log_verbose: int = 0
+    iso8601: bool = False
+    model_load_threads: int = 2
+    extra_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    forward_env: tuple[str, ...] = DEFAULT_FORWARD_PREFIXES
+    startup_timeout_s: float = 1800.0
+    stop_grace_s: float = 10.0
+    discovery_timeout_s: float = 600.0
+    mpirun: str = "mpirun"
+    tritonserver: str = "tritonserver"
+    rsh_agent: str = "kubessh"
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def pods(self) -> int:
+        return self.world_size // self.gpus_per_pod
+
+
+def _fail(value: str, rule: str, fix: str) -> ConfigError:
+    return ConfigError(f"{value}: {rule}; {fix}")
+
+
+def _require_positive(name: str, flag: str, env: str, value: float) -> None:
+    if value <= 0:
+        raise _fail(f"{flag}={value}", f"{name} must be positive", f"set {flag} (or {env}) to 1 or more")
+
+
+def validate(config: LaunchConfig) -> LaunchConfig:
+    """Check every rule that needs no I/O; return the config unchanged."""
+    _require_positive("the tensor-parallel size", "--tp", "LAUNCHER_TP", config.tp)
+    _require_positive("the pipeline-parallel size", "--pp", "LAUNCHER_PP", config.pp)
+    _require_positive("the GPU count per pod", "--gpus-per-pod", "LAUNCHER_GPUS_PER_POD", config.gpus_per_pod)
+    if config.world_size % config.gpus_per_pod:
+        raise _fail(
+            f"--gpus-per-pod={config.gpus_per_pod}",
+            f"the world size tp*pp={config.tp}*{config.pp}={config.world_size} "
+            "must be a multiple of the GPUs per pod",
+            "choose tp, pp and --gpus-per-pod so that every pod is full",
+        )
+    if config.group_size is not None and config.group_size != config.pods:
+        raise _fail(
+            f"LWS_GROUP_SIZE={config.group_size}",
+            f"the group has {config.group_size} pods but tp*pp/gpus-per-pod="
+            f"{config.world_size}/{config.gpus_per_pod} needs {config.pods}",
+            "make the LeaderWorkerSet size equal to tp*pp/gpus-per-pod",
+        )
+    if not _MODEL_NAME.match(config.model):
+        raise _fail(
+            f"--model={config.model!r}",
+            "a model name is one directory name of the model repository",
+            "give the name of the model's directory, e.g. tensorrt_llm",
+        )
+    _validate_ports(config)
+    _validate_env(config)
+    _require_positive("the model load thread count", "--model-load-threads", "LAUNCHER_MODEL_LOAD_THREADS",
+                      config.model_load_threads)
+    _require_positive("the startup timeout", "--startup-timeout", "LAUNCHER_STARTUP_TIMEOUT",
+                      config.startup_timeout_s)
+    _require_positive("the discovery timeout", "--discovery-timeout", "LAUNCHER_DISCOVERY_TIMEOUT",
+                      config.discovery_timeout_s)
+    if config.stop_grace_s < 0:
+        raise _fail(f"--stop-grace-period={config.stop_grace_s}", "the grace period cannot be negative",
+                    "set it to 0 or more seconds")
+    if config.triton_log_verbose < 0:
+        raise _fail(f"--triton-log-verbose={config.triton_log_verbose}", "the verbosity cannot be negative",
+                    "set it to 0 or more")
+    return config
+
+
+def _validate_ports(config: LaunchConfig) -> None:
+    ports = {
+        "--http-port": config.http_port,
+        "--grpc-port": config.grpc_port,
+        "--metrics-port": config.metrics_port,
+        "--health-port": config.health_port,
+    }
+    for flag, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise _fail(f"{flag}={port}", "a port must be between 1 and 65535", f"choose another {flag}")
+    seen: dict[int, str] = {}
+    for flag, port in ports.items():
+        if port in seen:
+            raise _fail(
+                f"{flag}={port}",
+                f"the port is already taken by {seen[port]}",
+                "give every endpoint its own port",
+            )
+        seen[port] = flag
+
+
+def _validate_env(config: LaunchConfig) -> None:
+    for name in config.extra_env:
+        if not _ENV_NAME.match(name):
+            raise _fail(f"--env {name!r}", "an environment variable name is letters, digits and _",
+                        "write --env NAME=VALUE")
+    for name in config.forward_env:
+        if not _ENV_NAME.match(name):
+            raise _fail(f"--forward-env {name!r}", "a forwarded name or prefix is letters, digits and _",
+                        "write --forward-env NAME or --forward-env PREFIX_")
+
+
+def parse_env_assignments(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Turn ``NAME=VALUE`` words into a mapping; a word without ``=`` is an error."""
+    result: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise _fail(f"--env {item!r}", "extra environment is given as NAME=VALUE", "write --env NAME=VALUE")
+        result[name] = value
+    return result

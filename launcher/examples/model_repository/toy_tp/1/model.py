@@ -1,0 +1,176 @@
+"""Toy tensor-parallel Triton model whose ranks really form one world.
+
+Rank 0 receives a request and sends its input to every rank; each rank
+computes its shard ``(rank + 1) * x``; the shards are summed onto rank 0,
+which answers. Control messages travel over MPI (mpi4py); the data travels
+over MPI too, or over NCCL (torch.distributed) when the collective is "nccl".
+
+Followers wait with a non-blocking receive polled at a short interval, so an
+idle rank does not spin a core (Open MPI busy-waits in blocking calls).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+WORK_TAG = 17
+POLL_INTERVAL_S = 0.0005
+
+
+def _wait(request):
+    """Complete an mpi4py request without busy-waiting; return its value."""
+    while True:
+        done, value = request.test()
+        if done:
+            return value
+        time.sleep(POLL_INTERVAL_S)
+
+
+class _MpiCollective:
+    name = "mpi"
+
+    def __init__(self, comm):
+        self.comm = comm
+
+    def pack(self, x):
+        return x
+
+    def unpack(self, message):
+        return message
+
+    def share_input(self, x):
+        return x
+
+    def reduce_sum(self, shard):
+        from mpi4py import MPI
+
+        return self.comm.reduce(shard, op=MPI.SUM, root=0)
+
+
+class _NcclCollective:
+    name = "nccl"
+
+    def __init__(self, comm):
+        import torch
+        import torch.distributed as dist
+
+        self.torch, self.dist, self.comm = torch, dist, comm
+        local_rank = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))
+        self.device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(self.device)
+        address = None
+        if comm.Get_rank() == 0:
+            with socket.socket() as s:
+                s.bind(("", 0))
+                port = s.getsockname()[1]
+            address = f"tcp://{socket.gethostbyname(socket.gethostname())}:{port}"
+        address = comm.bcast(address, root=0)
+        dist.init_process_group(
+            "nccl",
+            init_method=address,
+            rank=comm.Get_rank(),
+            world_size=comm.Get_size(),
+            device_id=self.device,
+        )
+
+    def pack(self, x):
+        return x.shape
+
+    def unpack(self, shape):
+        return np.zeros(shape, dtype=np.float32)
+
+    def share_input(self, x):
+        # Control messages carry only the shape; the values cross NCCL.
+        self.torch.cuda.set_device(self.device)
+        t = self.torch.zeros(x.shape, dtype=self.torch.float32, device=self.device)
+        if self.comm.Get_rank() == 0:
+            t.copy_(self.torch.from_numpy(x))
+        self.dist.broadcast(t, src=0)
+        return t
+
+    def reduce_sum(self, shard):
+        self.torch.cuda.set_device(self.device)
+        self.dist.all_reduce(shard)
+        return shard.cpu().numpy() if self.comm.Get_rank() == 0 else None
+
+
+def _choose_collective(args) -> str:
+    wanted = os.environ.get("TOY_TP_COLLECTIVE")
+    if not wanted:
+        params = json.loads(args["model_config"]).get("parameters", {})
+        wanted = params.get("collective", {}).get("string_value", "auto")
+    if wanted == "auto":
+        try:
+            import torch
+
+            wanted = "nccl" if torch.cuda.is_available() else "mpi"
+        except ImportError:
+            wanted = "mpi"
+    return wanted
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from mpi4py import MPI
+
+        self.comm = MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.world = self.comm.Get_size()
+        kind = _choose_collective(args)
+        self.collective = _NcclCollective(self.comm) if kind == "nccl" else _MpiCollective(self.comm)
+        pb_utils.Logger.log_info(
+            f"toy_tp rank {self.rank}/{self.world} on {socket.gethostname()} "
+            f"collective={self.collective.name}"
+        )
+        if self.rank != 0:
+            self.follower = threading.Thread(target=self._follow, daemon=True)
+            self.follower.start()
+
+    def _compute(self, x):
+        x = self.collective.share_input(x)
+        total = self.collective.reduce_sum(x * (self.rank + 1))
+        from mpi4py import MPI
+
+        contributors = self.comm.reduce(1, op=MPI.SUM, root=0)
+        return total, contributors
+
+    def _follow(self):
+        while True:
+            message = _wait(self.comm.irecv(source=0, tag=WORK_TAG))
+            if message is None:
+                return
+            self._compute(self.collective.unpack(message))
+
+    def _lead(self, x):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        payload = self.collective.pack(x)
+        for peer in range(1, self.world):
+            self.comm.send(payload, dest=peer, tag=WORK_TAG)
+        return self._compute(x)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            total, contributors = self._lead(x)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("OUTPUT", np.asarray(total, dtype=np.float32)),
+                        pb_utils.Tensor("RANKS", np.array([contributors], dtype=np.int32)),
+                    ]
+                )
+            )
+        return responses
+
+    def finalize(self):
+        if self.rank == 0:
+            for peer in range(1, self.world):
+                self.comm.send(None, dest=peer, tag=WORK_TAG)

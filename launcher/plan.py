@@ -1,0 +1,267 @@
+"""The launch plan: a pure function from configuration and group to argv.
+
+``build_plan`` decides everything mpirun will do (hosts, rank placement,
+agent, forwarded environment, each rank's tritonserver command line) and does
+no I/O, so `launcher dry-run` prints exactly what the leader executes.
+
+Placement: ranks are mapped by slot over hosts ordered by worker index, so
+rank r runs in pod r // gpus_per_pod with local rank r % gpus_per_pod, and the
+local rank is the GPU it uses (Open MPI exports it as
+OMPI_COMM_WORLD_LOCAL_RANK; TensorRT-LLM and the toy model select
+``cuda:<local rank>``). CUDA_VISIBLE_DEVICES is left whole so that ranks of one
+pod keep peer access to each other's GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .config import LaunchConfig
+from .errors import ConfigError
+
+LAUNCH_ID_ENV = "LAUNCHER_LAUNCH_ID"
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One pod of the group."""
+
+    pod: str
+    address: str
+    worker_index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MpiFlavor:
+    """The Open MPI release mpirun belongs to; 4.x and 5.x differ in flags."""
+
+    major: int
+    minor: int
+
+    @property
+    def is_v5(self) -> bool:
+        return self.major >= 5
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonCommand:
+    """How to start tritonserver on every rank."""
+
+    binary: str = "tritonserver"
+    backend_directory: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rank:
+    rank: int
+    pod: str
+    address: str
+    local_rank: int
+    argv: tuple[str, ...]
+
+    @property
+    def serves_endpoints(self) -> bool:
+        return self.rank == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    flavor: MpiFlavor
+    hosts: tuple[str, ...]
+    ranks: tuple[Rank, ...]
+    argv: tuple[str, ...]
+    env: Mapping[str, str]  # set in mpirun's own environment
+    forwarded: tuple[str, ...]  # names passed on to every rank with -x
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mpi": str(self.flavor),
+            "hosts": list(self.hosts),
+            "ranks": [
+                {
+                    "rank": r.rank,
+                    "pod": r.pod,
+                    "address": r.address,
+                    "local_rank": r.local_rank,
+                    "gpu": r.local_rank,
+                    "role": "server" if r.serves_endpoints else "model",
+                    "argv": list(r.argv),
+                }
+                for r in self.ranks
+            ],
+            "argv": list(self.argv),
+            "env": dict(self.env),
+            "forwarded": list(self.forwarded),
+        }
+
+
+_VERSION = re.compile(r"\(Open MPI\)\s+(\d+)\.(\d+)")
+
+
+def parse_mpirun_version(text: str) -> MpiFlavor:
+    """Read the flavour from ``mpirun --version`` output."""
+    match = _VERSION.search(text)
+    if not match:
+        first = text.strip().splitlines()[0] if text.strip() else "(no output)"
+        raise ConfigError(
+            f"mpirun --version printed {first!r}: only Open MPI 4.1 and 5.x are supported; "
+            "put Open MPI's mpirun first on PATH or pass --mpirun"
+        )
+    return MpiFlavor(int(match.group(1)), int(match.group(2)))
+
+
+def order_members(members: Iterable[Member]) -> list[Member]:
+    """Order pods by worker index as an integer (x-0-10 after x-0-9)."""
+    ordered = sorted(members, key=lambda m: m.worker_index)
+    indexes = [m.worker_index for m in ordered]
+    if len(set(indexes)) != len(indexes):
+        raise ConfigError(f"worker indexes {indexes}: two pods claim one index; each pod needs its own")
+    return ordered
+
+
+def lws_members(lws_name: str, group_index: int, pods: int) -> list[Member]:
+    """The pod names LeaderWorkerSet gives group ``group_index`` (leader NAME-I, workers NAME-I-J)."""
+    leader = f"{lws_name}-{group_index}"
+    return [Member(leader, leader, 0)] + [
+        Member(f"{leader}-{i}", f"{leader}-{i}", i) for i in range(1, pods)
+    ]
+
+
+def rank_argv(config: LaunchConfig, triton: TritonCommand, rank: int) -> tuple[str, ...]:
+    """The tritonserver command line of one rank (with the nsys wrapper if enabled)."""
+    argv = [
+        triton.binary,
+        f"--model-repository={config.model_repo}",
+        f"--id=rank{rank}",
+        "--disable-auto-complete-config",
+        f"--backend-config=python,shm-region-prefix-name=prefix{rank}_",
+        f"--model-load-thread-count={config.model_load_threads}",
+        f"--log-verbose={config.triton_log_verbose}",
+    ]
+    if triton.backend_directory:
+        argv.append(f"--backend-directory={triton.backend_directory}")
+    if config.iso8601:
+        argv.append("--log-format=ISO8601")
+    if rank == 0:
+        argv += [
+            f"--http-port={config.http_port}",
+            f"--grpc-port={config.grpc_port}",
+            f"--metrics-port={config.metrics_port}",
+        ]
+    else:
+        argv += [
+            "--allow-http=false",
+            "--allow-grpc=false",
+            "--allow-metrics=false",
+            "--model-control-mode=explicit",
+            f"--load-model={config.model}",
+            "--log-info=false",
+        ]
+    if config.nsys.enabled:
+        argv = [
+            config.nsys.binary,
+            "profile",
+            f"--output={config.nsys.output_dir.rstrip('/')}/rank{rank}",
+            f"--trace={config.nsys.trace}",
+            "--force-overwrite=true",
+        ] + argv
+    return tuple(argv)
+
+
+def forwarded_names(config: LaunchConfig, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Names of this environment that match the forwarded names or prefixes."""
+    names = {
+        name
+        for name in environ
+        for wanted in config.forward_env
+        if name == wanted or (wanted.endswith("_") and name.startswith(wanted))
+    }
+    return tuple(sorted(names))
+
+
+def _mpirun_options(flavor: MpiFlavor, agent: str | None, is_root: bool) -> list[str]:
+    options = ["--allow-run-as-root"] if is_root else []
+    options += ["--bind-to", "none", "--map-by", "slot"]
+    if agent is None:
+        return options
+    # No tree spawn: every daemon is started by the leader's own agent call,
+    # so no daemon depends on another pod's exec stream staying open.
+    if flavor.is_v5:
+        options += ["--prtemca", "plm_ssh_agent", agent, "--prtemca", "plm_ssh_no_tree_spawn", "1"]
+    else:
+        options += ["--mca", "plm_rsh_agent", agent, "--mca", "plm_rsh_no_tree_spawn", "1"]
+    return options
+
+
+def build_plan(
+    config: LaunchConfig,
+    members: Sequence[Member],
+    flavor: MpiFlavor,
+    *,
+    triton: TritonCommand,
+    environ: Mapping[str, str],
+    launch_id: str,
+    is_root: bool,
+    agent: str | None,
+) -> LaunchPlan:
+    """Everything mpirun needs; ``agent`` is None when every rank is local."""
+    ordered = order_members(members)
+    if len(ordered) != config.pods:
+        raise ConfigError(
+            f"{len(ordered)} pods ({', '.join(m.pod for m in ordered)}): tp*pp/gpus-per-pod="
+            f"{config.world_size}/{config.gpus_per_pod} needs {config.pods}; give one host per pod"
+        )
+    g = config.gpus_per_pod
+    ranks = tuple(
+        Rank(r, ordered[r // g].pod, ordered[r // g].address, r % g, rank_argv(config, triton, r))
+        for r in range(config.world_size)
+    )
+    hosts = tuple(f"{m.pod}:{g}" for m in ordered)
+    forwarded = forwarded_names(config, environ) + tuple(sorted(config.extra_env)) + (LAUNCH_ID_ENV,)
+    forwarded = tuple(dict.fromkeys(forwarded))
+    argv: list[str] = [config.mpirun, *_mpirun_options(flavor, agent, is_root), "--host", ",".join(hosts)]
+    for name in forwarded:
+        argv += ["-x", name]
+    for i, rank in enumerate(ranks):
+        if i:
+            argv.append(":")
+        argv += ["-n", "1", *rank.argv]
+    env = {**config.extra_env, LAUNCH_ID_ENV: launch_id}
+    return LaunchPlan(flavor, hosts, ranks, tuple(argv), env, forwarded)
+
+
+def format_plan(plan: LaunchPlan, config: LaunchConfig) -> str:
+    """A human-readable table of ranks followed by the exact command."""
+    rows = [("RANK", "POD", "GPU", "ROLE")]
+    for r in plan.ranks:
+        role = (
+            f"server http:{config.http_port} grpc:{config.grpc_port} metrics:{config.metrics_port}"
+            if r.serves_endpoints
+            else f"model {config.model}"
+        )
+        rows.append((str(r.rank), r.pod, str(r.local_rank), role))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3] for row in rows
+    ]
+    lines += ["", f"Open MPI {plan.flavor}; hosts: {','.join(plan.hosts)}", ""]
+    lines += [f"{k}={shlex.quote(v)}" for k, v in sorted(plan.env.items())]
+    lines.append(format_argv(plan.argv))
+    return "\n".join(lines)
+
+
+def format_argv(argv: Sequence[str]) -> str:
+    """The command as one shell line per MPMD app context."""
+    contexts: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == ":":
+            contexts.append([])
+        contexts[-1].append(shlex.quote(arg))
+    return " \\\n  ".join(" ".join(words) for words in contexts)

@@ -1,0 +1,191 @@
+"""Run mpirun, watch the launch, and end every process of it on any exit.
+
+The loop is deliberately plain: start -> poll (mpirun status, rank 0
+readiness, local ranks alive) every interval -> branch -> stop. Whatever ends
+the loop (a signal, a timeout, a dead rank, mpirun's own exit, an exception),
+``_shutdown`` runs: SIGTERM to mpirun and to every process of this launch, a
+grace period, then SIGKILL to mpirun's process group and every survivor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+from prometheus_client import CollectorRegistry, Gauge
+
+from . import procs
+from .errors import ExitCode, LauncherError
+from .observability import LEADER_PHASES, PREFIX, PhaseTracker, build_info
+from .plan import LaunchPlan
+
+log = logging.getLogger("launcher.supervisor")
+
+RANK_PROCESS_NAMES = ("tritonserver",)
+
+
+class LeaderMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        build_info(self.registry, "leader")
+        self.phases = PhaseTracker(self.registry, LEADER_PHASES)
+        self.ranks_expected = Gauge(f"{PREFIX}_ranks_expected", "Ranks in the launch", registry=self.registry)
+        self.ranks_alive = Gauge(
+            f"{PREFIX}_ranks_alive", "Ranks alive (local ranks seen, remote ones while mpirun runs)",
+            registry=self.registry,
+        )
+        self.mpirun_exit_code = Gauge(
+            f"{PREFIX}_mpirun_exit_code", "mpirun's exit status (-1 while running or never started)",
+            registry=self.registry,
+        )
+        self.mpirun_exit_code.set(-1)
+        self.time_to_ready = Gauge(
+            f"{PREFIX}_time_to_ready_seconds", "Seconds from mpirun start to rank 0 ready", registry=self.registry
+        )
+        self.rank0_ready = Gauge(f"{PREFIX}_rank0_ready", "1 while Triton rank 0 is ready", registry=self.registry)
+
+
+@dataclasses.dataclass
+class SupervisorOptions:
+    startup_timeout_s: float
+    stop_grace_s: float
+    local_ranks: int  # ranks of the launch that run on this machine
+    probe_interval_s: float = 0.1  # until ready: short, it is added to time-to-ready
+    serving_interval_s: float = 1.0
+
+
+def exit_code_of(returncode: int) -> int:
+    """A shell-style code for mpirun's status (killed by signal N -> 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Supervisor:
+    def __init__(
+        self,
+        plan: LaunchPlan,
+        options: SupervisorOptions,
+        metrics: LeaderMetrics,
+        rank0_ready: Callable[[], bool],
+        stop: threading.Event,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.options = options
+        self.metrics = metrics
+        self.rank0_ready = rank0_ready
+        self.stop = stop
+        self.environ = {**(os.environ if environ is None else environ), **plan.env}
+        self.launch_id = plan.env["LAUNCHER_LAUNCH_ID"]
+        self.ready = False
+        self.all_ranks_alive = False
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.time_to_ready_s: float | None = None
+
+    def run(self) -> int:
+        self.metrics.ranks_expected.set(len(self.plan.ranks))
+        self.metrics.phases.enter("launch")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(self.plan.argv, env=self.environ, start_new_session=True)
+        log.info("mpirun started (pid %d) with %d ranks", self.proc.pid, len(self.plan.ranks))
+        try:
+            return self._monitor(self.proc, started)
+        finally:
+            self._shutdown(self.proc)
+
+    def _monitor(self, proc: subprocess.Popen[bytes], started: float) -> int:
+        seen_local = 0
+        next_probe = started
+        while True:
+            returncode = proc.poll()
+            if returncode is not None:
+                return self._mpirun_exited(returncode)
+            if self.stop.is_set():
+                log.info("stop requested: shutting the launch down")
+                return ExitCode.OK
+            alive = self._local_ranks(proc)
+            seen_local = max(seen_local, alive)
+            self.all_ranks_alive = alive == self.options.local_ranks
+            self.metrics.ranks_alive.set(len(self.plan.ranks) - (seen_local - alive))
+            if seen_local == self.options.local_ranks and alive < seen_local:
+                raise LauncherError(
+                    f"{seen_local - alive} of {seen_local} local ranks died while mpirun was running; "
+                    "see the rank's log above", ExitCode.RANK_LOST,
+                )
+            now = time.monotonic()
+            if now >= next_probe:
+                self._probe(now - started)
+                next_probe = now + (self.options.serving_interval_s if self.ready else self.options.probe_interval_s)
+            if not self.ready and now - started > self.options.startup_timeout_s:
+                raise LauncherError(
+                    f"rank 0 was not ready after {self.options.startup_timeout_s:.0f}s; raise "
+                    "--startup-timeout for large engines or read the ranks' logs above",
+                    ExitCode.STARTUP_TIMEOUT,
+                )
+            self.stop.wait(self.options.probe_interval_s)
+
+    def _probe(self, elapsed: float) -> None:
+        ready = self.rank0_ready()
+        if ready and self.time_to_ready_s is None:
+            self.time_to_ready_s = elapsed
+            self.metrics.time_to_ready.set(elapsed)
+            self.metrics.phases.enter("serving")
+            log.info("rank 0 ready after %.2fs: serving", elapsed)
+        elif self.ready and not ready:
+            log.warning("rank 0 stopped answering ready")
+        self.ready = ready
+        self.metrics.rank0_ready.set(1 if ready else 0)
+
+    def _local_ranks(self, proc: subprocess.Popen[bytes]) -> int:
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            return 0
+        count = 0
+        for child in children:
+            try:
+                if child.name() in RANK_PROCESS_NAMES and child.status() != psutil.STATUS_ZOMBIE:
+                    count += 1
+            except psutil.Error:
+                continue
+        return count
+
+    def _mpirun_exited(self, returncode: int) -> int:
+        self.metrics.mpirun_exit_code.set(returncode)
+        if self.stop.is_set():
+            log.info("mpirun exited (%d) after the stop request", returncode)
+            return ExitCode.OK
+        if returncode == 0:
+            raise LauncherError("mpirun exited on its own with status 0: the ranks ended; "
+                                "the group must be restarted", ExitCode.RANK_LOST)
+        log.error("mpirun exited with status %d", returncode)
+        return exit_code_of(returncode)
+
+    def _shutdown(self, proc: subprocess.Popen[bytes]) -> None:
+        self.metrics.phases.enter("stopping")
+        self.metrics.rank0_ready.set(0)
+        begun = time.monotonic()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        # Ranks get SIGTERM at the same moment: Triton then drains and exits by
+        # itself, and mpirun sees its local ranks end and aborts remote ones.
+        survivors = procs.terminate(procs.launch_processes(self.launch_id), self.options.stop_grace_s)
+        try:
+            proc.wait(timeout=max(0.0, self.options.stop_grace_s - (time.monotonic() - begun)))
+        except subprocess.TimeoutExpired:
+            log.warning("mpirun still running after %.0fs: killing its process group", self.options.stop_grace_s)
+        procs.kill_process_group(proc.pid)
+        proc.wait()
+        survivors += procs.sweep(lambda: procs.launch_processes(self.launch_id), grace_s=1.0)
+        self.metrics.mpirun_exit_code.set(proc.returncode)
+        self.metrics.ranks_alive.set(0)
+        if survivors:
+            log.error("%d processes of this launch survived SIGKILL: %s", len(survivors),
+                      ", ".join(str(p.pid) for p in survivors))
+        log.info("launch stopped in %.2fs", time.monotonic() - begun)

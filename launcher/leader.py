@@ -117,6 +117,7 @@ class Leader:
 
     def run(self) -> int:
         mpirun, flavor, triton = self.preflight_checks()
+        rank0_ready = triton_ready_probe(self.config.http_port)
         install_stop_handlers(self.stop)
         health = HealthServer(self.config.health_port, self.metrics.registry, self._live, self._ready).start()
         phases = self.metrics.phases
@@ -134,7 +135,7 @@ class Leader:
                 local_ranks=sum(1 for r in plan.ranks if r.pod == plan.ranks[0].pod),
             )
             self.supervisor = Supervisor(
-                plan, options, self.metrics, triton_ready_probe(self.config.http_port), self.stop, self.environ
+                plan, options, self.metrics, rank0_ready, self.stop, self.environ
             )
             if self.stop.is_set():
                 raise LauncherError("stopped before launch", ExitCode.INTERRUPTED)

@@ -14,11 +14,11 @@ from ..config import LaunchConfig
 from ..discovery import static_members
 from ..errors import ConfigError
 from ..plan import MpiFlavor, TritonCommand, build_plan, format_plan, lws_members, parse_mpirun_version
-from .options import GROUP, PARALLELISM, TRITON, apply, build_config
+from .options import GROUP, HEALTH, PARALLELISM, TRITON, apply, build_config
 
 
 @click.command("dry-run")
-@apply(PARALLELISM, TRITON, GROUP)
+@apply(PARALLELISM, TRITON, GROUP, HEALTH)
 @click.option("--hosts", default=None, metavar="POD,...", help="Group members in worker-index order.")
 @click.option("--lws-name", default=None, help="Synthesize the pods of this LeaderWorkerSet ...")
 @click.option("--group-index", type=int, default=0, show_default=True, help="... and of this group.")

@@ -1,0 +1,42 @@
+"""Health endpoints and metrics over real HTTP."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from launcher.observability import HealthServer
+from launcher.supervisor import LeaderMetrics
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_endpoints_follow_callbacks_and_phases() -> None:
+    metrics = LeaderMetrics()
+    state = {"ready": False}
+    server = HealthServer(0, metrics.registry, lambda: (True, "alive"),
+                          lambda: (state["ready"], "ready" if state["ready"] else "not ready"),
+                          host="127.0.0.1").start()
+    try:
+        assert get(server.port, "/healthz") == (200, "alive\n")
+        assert get(server.port, "/readyz") == (503, "not ready\n")
+        state["ready"] = True
+        assert get(server.port, "/readyz") == (200, "ready\n")
+        metrics.phases.enter("discovery")
+        metrics.phases.enter("launch")
+        code, text = get(server.port, "/metrics")
+        assert code == 200
+        assert 'launcher_phase{phase="launch"} 1.0' in text
+        assert 'launcher_phase{phase="discovery"} 0.0' in text
+        assert 'launcher_phase_duration_seconds{phase="discovery"}' in text
+        assert 'launcher_build_info{role="leader",version="0.1.0"} 1.0' in text
+        assert "launcher_mpirun_exit_code -1.0" in text
+        assert get(server.port, "/nope")[0] == 404
+    finally:
+        server.stop()

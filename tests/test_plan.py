@@ -1,0 +1,178 @@
+"""The pure plan builder: placement, flags of both Open MPI flavours, rank argv."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from launcher.config import LaunchConfig, NsysConfig
+from launcher.errors import ConfigError
+from launcher.plan import (
+    LAUNCH_ID_ENV,
+    Member,
+    MpiFlavor,
+    TritonCommand,
+    build_plan,
+    format_plan,
+    lws_members,
+    order_members,
+    parse_mpirun_version,
+)
+
+V4 = MpiFlavor(4, 1)
+V5 = MpiFlavor(5, 0)
+
+
+def plan_for(pods: int, gpus: int, flavor: MpiFlavor = V5, **kwargs: object):
+    config = LaunchConfig(tp=pods * gpus, pp=1, gpus_per_pod=gpus, **kwargs)  # type: ignore[arg-type]
+    members = lws_members("grp", 0, pods)
+    return config, build_plan(
+        config, members, flavor, triton=TritonCommand("tritonserver"), environ={}, launch_id="id1",
+        is_root=False, agent="kubessh" if pods > 1 else None,
+    )
+
+
+def app_contexts(argv: tuple[str, ...]) -> list[list[str]]:
+    contexts: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == ":":
+            contexts.append([])
+        else:
+            contexts[-1].append(arg)
+    return contexts
+
+
+@pytest.mark.parametrize("flavor", [V4, V5], ids=["ompi4.1", "ompi5"])
+@pytest.mark.parametrize("pods", list(range(1, 17)))
+def test_one_context_per_rank_and_no_global_np(flavor: MpiFlavor, pods: int) -> None:
+    gpus = 2
+    config, plan = plan_for(pods, gpus, flavor)
+    contexts = app_contexts(plan.argv)
+    assert len(contexts) == pods * gpus == len(plan.ranks)
+    assert "-np" not in plan.argv
+    for i, context in enumerate(contexts):
+        n = context.index("-n") if i else context.index("-n", context.index("--host"))
+        assert context[n : n + 3] == ["-n", "1", "tritonserver"]
+        assert f"--id=rank{i}" in context
+        assert f"--backend-config=python,shm-region-prefix-name=prefix{i}_" in context
+    assert plan.hosts == tuple(f"grp-0{'' if p == 0 else f'-{p}'}:{gpus}" for p in range(pods))
+    assert [(r.pod, r.local_rank) for r in plan.ranks] == [
+        (plan.hosts[r // gpus].split(":")[0], r % gpus) for r in range(pods * gpus)
+    ]
+
+
+def test_flavour_specific_agent_flags() -> None:
+    _, v4 = plan_for(2, 1, V4)
+    _, v5 = plan_for(2, 1, V5)
+    assert ["--mca", "plm_rsh_agent", "kubessh"] == list(v4.argv[v4.argv.index("plm_rsh_agent") - 1 :][:3])
+    assert ["--mca", "plm_rsh_no_tree_spawn", "1"] == list(v4.argv[v4.argv.index("plm_rsh_no_tree_spawn") - 1 :][:3])
+    assert "--prtemca" not in v4.argv
+    assert ["--prtemca", "plm_ssh_agent", "kubessh"] == list(v5.argv[v5.argv.index("plm_ssh_agent") - 1 :][:3])
+    assert "plm_ssh_no_tree_spawn" in v5.argv and "--mca" not in v5.argv
+    for plan in (v4, v5):
+        assert "--debug-devel" not in plan.argv
+        assert plan.argv[plan.argv.index("--bind-to") + 1] == "none"
+
+
+def test_single_pod_needs_no_agent() -> None:
+    _, plan = plan_for(1, 4)
+    assert not any("agent" in a for a in plan.argv)
+    assert plan.hosts == ("grp-0:4",)
+
+
+def test_run_as_root_only_when_root() -> None:
+    config = LaunchConfig(tp=1)
+    members = [Member("a", "a", 0)]
+    kwargs = dict(triton=TritonCommand(), environ={}, launch_id="x", agent=None)
+    assert "--allow-run-as-root" in build_plan(config, members, V5, is_root=True, **kwargs).argv  # type: ignore[arg-type]
+    assert "--allow-run-as-root" not in build_plan(config, members, V5, is_root=False, **kwargs).argv  # type: ignore[arg-type]
+
+
+def test_rank_zero_serves_and_others_load_the_model_quietly() -> None:
+    _, plan = plan_for(2, 2, V5, http_port=9000, grpc_port=9001, metrics_port=9002, model="ensemble_x")
+    zero, other = plan.ranks[0].argv, plan.ranks[3].argv
+    assert {"--http-port=9000", "--grpc-port=9001", "--metrics-port=9002"} <= set(zero)
+    assert not any(a.startswith(("--allow-http", "--model-control-mode", "--load-model")) for a in zero)
+    assert {"--allow-http=false", "--allow-grpc=false", "--allow-metrics=false", "--model-control-mode=explicit",
+            "--load-model=ensemble_x", "--log-info=false"} <= set(other)
+    for argv in (zero, other):
+        assert "--disable-auto-complete-config" in argv
+        assert "--model-load-thread-count=2" in argv
+
+
+def test_workers_ordered_by_integer_index() -> None:
+    members = lws_members("x", 0, 12)
+    shuffled = members[:]
+    random.Random(7).shuffle(shuffled)
+    ordered = order_members(shuffled)
+    assert [m.pod for m in ordered] == ["x-0"] + [f"x-0-{i}" for i in range(1, 12)]
+    assert ordered.index(next(m for m in ordered if m.pod == "x-0-10")) > ordered.index(
+        next(m for m in ordered if m.pod == "x-0-9")
+    )
+    config = LaunchConfig(tp=12, gpus_per_pod=1)
+    plan = build_plan(config, shuffled, V5, triton=TritonCommand(), environ={}, launch_id="i", is_root=False,
+                      agent="kubessh")
+    assert plan.argv[plan.argv.index("--host") + 1] == ",".join(f"{m.pod}:1" for m in ordered)
+
+
+def test_duplicate_worker_index_is_refused() -> None:
+    with pytest.raises(ConfigError, match="two pods claim one index"):
+        order_members([Member("a", "a", 1), Member("b", "b", 1)])
+
+
+def test_member_count_must_match_world() -> None:
+    with pytest.raises(ConfigError, match="needs 2"):
+        build_plan(LaunchConfig(tp=4, gpus_per_pod=2), lws_members("x", 0, 3), V5, triton=TritonCommand(),
+                   environ={}, launch_id="i", is_root=False, agent="kubessh")
+
+
+def test_forwarded_environment() -> None:
+    config = LaunchConfig(tp=2, gpus_per_pod=1, extra_env={"MY_FLAG": "1"})
+    environ = {"NCCL_DEBUG": "INFO", "FI_PROVIDER": "efa", "HOME": "/root", "PATH": "/bin", "NCCLX": "no"}
+    plan = build_plan(config, lws_members("x", 0, 2), V4, triton=TritonCommand(), environ=environ,
+                      launch_id="abc", is_root=False, agent="kubessh")
+    xs = [plan.argv[i + 1] for i, a in enumerate(plan.argv) if a == "-x"]
+    assert set(xs) == {"NCCL_DEBUG", "FI_PROVIDER", "PATH", "MY_FLAG", LAUNCH_ID_ENV}
+    assert plan.env == {"MY_FLAG": "1", LAUNCH_ID_ENV: "abc"}
+
+
+def test_nsys_wraps_every_rank() -> None:
+    nsys = NsysConfig(enabled=True, binary="/opt/nsys/bin/nsys", output_dir="/out/", trace="cuda,nvtx")
+    _, plan = plan_for(1, 2, V5, nsys=nsys)
+    for rank in plan.ranks:
+        assert rank.argv[:5] == ("/opt/nsys/bin/nsys", "profile", f"--output=/out/rank{rank.rank}",
+                                 "--trace=cuda,nvtx", "--force-overwrite=true")
+        assert rank.argv[5] == "tritonserver"
+
+
+def test_backend_directory_and_iso8601() -> None:
+    config = LaunchConfig(tp=1, iso8601=True, triton_log_verbose=2)
+    plan = build_plan(config, [Member("a", "a", 0)], V5, triton=TritonCommand("/t/ts", "/t/backends"), environ={},
+                      launch_id="i", is_root=False, agent=None)
+    argv = plan.ranks[0].argv
+    assert argv[0] == "/t/ts"
+    assert {"--backend-directory=/t/backends", "--log-format=ISO8601", "--log-verbose=2"} <= set(argv)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/", V4),
+    ("mpirun (Open MPI) 5.0.11\n", MpiFlavor(5, 0)),
+    ("prterun (Open MPI) 5.0.3\n", MpiFlavor(5, 0)),
+])
+def test_parse_mpirun_version(text: str, expected: MpiFlavor) -> None:
+    assert parse_mpirun_version(text) == expected
+
+
+def test_parse_mpirun_version_refuses_other_mpi() -> None:
+    with pytest.raises(ConfigError, match="HYDRA"):
+        parse_mpirun_version("HYDRA build details:\n    Version: 4.1")
+
+
+def test_text_plan_shows_table_and_command() -> None:
+    config, plan = plan_for(2, 2, V4)
+    text = format_plan(plan, config)
+    assert "RANK  POD      GPU  ROLE" in text
+    assert "3     grp-0-1  1    model tensorrt_llm" in text
+    assert "server http:8000 grpc:8001 metrics:8002" in text
+    assert text.count("\\\n  : -n 1 tritonserver") == 3

@@ -1,0 +1,80 @@
+"""`launcher local` with real mpirun (Open MPI 5 from PyPI), tritonserver and tritonclient."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.integration.launch import (
+    LocalLaunch,
+    expected_output,
+    infer,
+    kill_leftovers,
+    start_local,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def launches(tmp_path: Path) -> Iterator[list[LocalLaunch]]:
+    started: list[LocalLaunch] = []
+    yield started
+    for launch in started:
+        kill_leftovers(launch)
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_every_rank_contributes_to_the_answer(ranks: int, tmp_path: Path, launches: list[LocalLaunch]) -> None:
+    launch = start_local(tmp_path, ranks)
+    launches.append(launch)
+    wait_ready(launch.ports.http, launch.proc)
+    assert len(launch.rank_processes()) == ranks
+    values = [1.0, -2.5, 4.0]
+    assert infer(launch.ports.http, values) == (expected_output(values, ranks), ranks)
+    assert infer(launch.ports.grpc, [3.0], protocol="grpc") == (expected_output([3.0], ranks), ranks)
+    assert launch.stop() == 0
+    assert launch.leftovers() == []
+
+
+def test_sigterm_leaves_no_process_behind(tmp_path: Path, launches: list[LocalLaunch]) -> None:
+    launch = start_local(tmp_path, 2)
+    launches.append(launch)
+    wait_ready(launch.ports.http, launch.proc)
+    before = launch.leftovers()
+    assert len(before) >= 4  # two tritonserver ranks and their python stubs
+    started = time.monotonic()
+    code = launch.stop(signal.SIGTERM)
+    elapsed = time.monotonic() - started
+    assert code == 0, launch.log.read_text()
+    assert launch.leftovers() == []
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in before)
+    assert elapsed < 15, f"stop took {elapsed:.1f}s"
+
+
+def test_killed_rank_stops_the_leader_with_an_error(tmp_path: Path, launches: list[LocalLaunch]) -> None:
+    launch = start_local(tmp_path, 2)
+    launches.append(launch)
+    wait_ready(launch.ports.http, launch.proc)
+    victim = next(p for p in launch.rank_processes() if "--id=rank1" in p.cmdline())
+    victim.kill()
+    started = time.monotonic()
+    code = launch.proc.wait(timeout=30)
+    assert time.monotonic() - started < 10
+    assert code != 0, launch.log.read_text()
+    assert launch.leftovers() == []
+
+
+def test_startup_timeout_is_reported(tmp_path: Path, launches: list[LocalLaunch]) -> None:
+    launch = start_local(tmp_path, 2, "--startup-timeout=0.5")
+    launches.append(launch)
+    code = launch.proc.wait(timeout=60)
+    assert code == 77, launch.log.read_text()
+    assert "rank 0 was not ready after" in launch.log.read_text()
+    assert launch.leftovers() == []

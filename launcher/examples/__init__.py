@@ -1,0 +1,1 @@
+"""The toy tensor-parallel model repository and a client for it."""

@@ -189,6 +189,11 @@ def forwarded_names(config: LaunchConfig, environ: Mapping[str, str]) -> tuple[s
 def _mpirun_options(flavor: MpiFlavor, agent: str | None, is_root: bool) -> list[str]:
     options = ["--allow-run-as-root"] if is_root else []
     options += ["--bind-to", "none", "--map-by", "slot"]
+    if not flavor.is_v5:
+        # Open MPI 4.1 built with a default prefix (Debian's) puts <prefix>/bin
+        # first on every rank's PATH, so the python backend would pick the
+        # system python3 over the one the forwarded PATH names.
+        options.append("--noprefix")
     if agent is None:
         return options
     # No tree spawn: every daemon is started by the leader's own agent call,

@@ -68,6 +68,7 @@ def test_flavour_specific_agent_flags() -> None:
     assert ["--mca", "plm_rsh_agent", "kubessh"] == list(v4.argv[v4.argv.index("plm_rsh_agent") - 1 :][:3])
     assert ["--mca", "plm_rsh_no_tree_spawn", "1"] == list(v4.argv[v4.argv.index("plm_rsh_no_tree_spawn") - 1 :][:3])
     assert "--prtemca" not in v4.argv
+    assert "--noprefix" in v4.argv and "--noprefix" not in v5.argv
     assert ["--prtemca", "plm_ssh_agent", "kubessh"] == list(v5.argv[v5.argv.index("plm_ssh_agent") - 1 :][:3])
     assert "plm_ssh_no_tree_spawn" in v5.argv and "--mca" not in v5.argv
     for plan in (v4, v5):

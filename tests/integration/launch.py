@@ -60,11 +60,12 @@ def processes_using(marker: str) -> list[psutil.Process]:
     return found
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout_s: float = 90.0) -> float:
+def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout_s: float = 90.0,
+               host: str = "127.0.0.1") -> float:
     """Seconds until Triton on ``port`` answers ready; fails if ``proc`` exits first."""
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=1.0, network_timeout=1.0)
+    client = httpclient.InferenceServerClient(f"{host}:{port}", connection_timeout=1.0, network_timeout=1.0)
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         if proc is not None and proc.poll() is not None:
@@ -75,10 +76,10 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout_s: float
         except Exception:
             pass
         time.sleep(0.05)
-    raise AssertionError(f"rank 0 not ready on :{port} after {timeout_s}s")
+    raise AssertionError(f"rank 0 not ready on {host}:{port} after {timeout_s}s")
 
 
-def infer(port: int, values: list[float], protocol: str = "http") -> tuple[list[float], int]:
+def infer(port: int, values: list[float], protocol: str = "http", host: str = "127.0.0.1") -> tuple[list[float], int]:
     """Send INPUT to the toy model on rank 0; return (OUTPUT, RANKS)."""
     import numpy as np
 
@@ -87,7 +88,7 @@ def infer(port: int, values: list[float], protocol: str = "http") -> tuple[list[
         import tritonclient.grpc as client_lib
     else:
         import tritonclient.http as client_lib  # type: ignore[no-redef]
-    client = client_lib.InferenceServerClient(f"127.0.0.1:{port}")
+    client = client_lib.InferenceServerClient(f"{host}:{port}")
     tensor = client_lib.InferInput("INPUT", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
     result = client.infer("toy_tp", [tensor])

@@ -55,7 +55,7 @@ def pod() -> Iterator[list[str]]:
     eventually(lambda: any(c.name() == "sleep" for c in psutil.Process(holder.pid).children()))
     sleeper = psutil.Process(holder.pid).children()[0].pid
     yield ["nsenter", "-t", str(sleeper), "-u"]
-    holder.kill()
+    psutil.Process(sleeper).kill()
     holder.wait()
 
 

@@ -18,6 +18,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
+from typing import Any
 
 from .config import LaunchConfig
 from .discovery import wait_until_reachable
@@ -56,21 +57,37 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
-def triton_ready_probe(port: int) -> Callable[[], bool]:
-    """Rank 0 runs in this pod: ask Triton on localhost whether it is ready."""
-    import tritonclient.http as httpclient
+class Rank0Readiness:
+    """Asks Triton rank 0, in this pod, whether it is ready (with tritonclient).
 
-    client = httpclient.InferenceServerClient(
-        f"127.0.0.1:{port}", connection_timeout=2.0, network_timeout=2.0
-    )
+    tritonclient's HTTP stack takes about a second of CPU to import, so it is
+    imported in the background while discovery and mpirun proceed; until it
+    is there the answer is "not ready yet".
+    """
 
-    def ready() -> bool:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._client: Any = None
+        threading.Thread(target=self._connect, name="tritonclient-import", daemon=True).start()
+
+    def _connect(self) -> None:
+        try:
+            import tritonclient.http as httpclient
+        except ImportError as exc:
+            log.error("tritonclient is not importable (%s): rank 0 readiness cannot be checked", exc)
+            return
+        self._client = httpclient.InferenceServerClient(
+            f"127.0.0.1:{self.port}", connection_timeout=2.0, network_timeout=2.0
+        )
+
+    def __call__(self) -> bool:
+        client = self._client
+        if client is None:
+            return False
         try:
             return bool(client.is_server_ready())
         except Exception:  # refused, reset, timed out: not ready yet
             return False
-
-    return ready
 
 
 @dataclasses.dataclass
@@ -117,7 +134,7 @@ class Leader:
 
     def run(self) -> int:
         mpirun, flavor, triton = self.preflight_checks()
-        rank0_ready = triton_ready_probe(self.config.http_port)
+        rank0_ready = Rank0Readiness(self.config.http_port)
         install_stop_handlers(self.stop)
         health = HealthServer(self.config.health_port, self.metrics.registry, self._live, self._ready).start()
         phases = self.metrics.phases

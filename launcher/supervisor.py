@@ -94,10 +94,13 @@ class Supervisor:
         started = time.monotonic()
         self.proc = subprocess.Popen(self.plan.argv, env=self.environ, start_new_session=True)
         log.info("mpirun started (pid %d) with %d ranks", self.proc.pid, len(self.plan.ranks))
+        graceful = False
         try:
-            return self._monitor(self.proc, started)
+            code = self._monitor(self.proc, started)
+            graceful = self.stop.is_set()
+            return code
         finally:
-            self._shutdown(self.proc)
+            self._shutdown(self.proc, graceful)
 
     def _monitor(self, proc: subprocess.Popen[bytes], started: float) -> int:
         seen_local = 0
@@ -167,19 +170,22 @@ class Supervisor:
         log.error("mpirun exited with status %d", returncode)
         return exit_code_of(returncode)
 
-    def _shutdown(self, proc: subprocess.Popen[bytes]) -> None:
+    def _shutdown(self, proc: subprocess.Popen[bytes], graceful: bool) -> None:
+        """End every process of the launch: gracefully on request, at once after a failure
+        (a broken world cannot finish its collectives, so waiting only delays the restart)."""
         self.metrics.phases.enter("stopping")
         self.metrics.rank0_ready.set(0)
+        grace = self.options.stop_grace_s if graceful else 0.0
         begun = time.monotonic()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         # Ranks get SIGTERM at the same moment: Triton then drains and exits by
         # itself, and mpirun sees its local ranks end and aborts remote ones.
-        survivors = procs.terminate(procs.launch_processes(self.launch_id), self.options.stop_grace_s)
+        survivors = procs.terminate(procs.launch_processes(self.launch_id), grace)
         try:
-            proc.wait(timeout=max(0.0, self.options.stop_grace_s - (time.monotonic() - begun)))
+            proc.wait(timeout=max(0.0, grace - (time.monotonic() - begun)) if graceful else 1.0)
         except subprocess.TimeoutExpired:
-            log.warning("mpirun still running after %.0fs: killing its process group", self.options.stop_grace_s)
+            log.warning("mpirun still running after %.1fs: killing its process group", time.monotonic() - begun)
         procs.kill_process_group(proc.pid)
         proc.wait()
         survivors += procs.sweep(lambda: procs.launch_processes(self.launch_id), grace_s=1.0)

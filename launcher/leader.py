@@ -12,12 +12,10 @@ import dataclasses
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from types import FrameType
 from typing import Any
 
 from .config import LaunchConfig
@@ -25,6 +23,7 @@ from .discovery import wait_until_reachable
 from .errors import ExitCode, LauncherError, MissingExecutableError
 from .model_repository import check_engine, check_model_repository
 from .observability import HealthServer
+from .signals import install_stop_handlers
 from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, build_plan, parse_mpirun_version
 from .supervisor import LeaderMetrics, Supervisor, SupervisorOptions
 from .tritonbin import find_tritonserver
@@ -44,17 +43,6 @@ def detect_mpi(mpirun: str, environ: Mapping[str, str] | None = None) -> tuple[s
         )
     done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
     return path, parse_mpirun_version(done.stdout + done.stderr)
-
-
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT set ``stop``; needed as PID 1, where defaults are ignored."""
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
 
 
 class Rank0Readiness:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .. import logs
-from ..leader import install_stop_handlers
+from ..signals import install_stop_handlers
 from ..observability import HealthServer
 from ..worker import WorkerAgent
 from .options import GROUP, HEALTH, LOGGING, PARALLELISM, TRITON, apply

@@ -79,6 +79,22 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout_s: float
     raise AssertionError(f"rank 0 not ready on {host}:{port} after {timeout_s}s")
 
 
+def wait_launcher_ready(health_port: int, timeout_s: float = 30.0, host: str = "127.0.0.1") -> None:
+    """Until the launcher's own /readyz says ready (its probe may trail ours)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{health_port}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"launcher /readyz on {host}:{health_port} not ready after {timeout_s}s")
+
+
 def infer(port: int, values: list[float], protocol: str = "http", host: str = "127.0.0.1") -> tuple[list[float], int]:
     """Send INPUT to the toy model on rank 0; return (OUTPUT, RANKS)."""
     import numpy as np

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from tests.integration.launch import (
     infer,
     kill_leftovers,
     start_local,
+    wait_launcher_ready,
     wait_ready,
 )
 
@@ -43,19 +45,25 @@ def test_every_rank_contributes_to_the_answer(ranks: int, tmp_path: Path, launch
     assert launch.leftovers() == []
 
 
-def test_sigterm_leaves_no_process_behind(tmp_path: Path, launches: list[LocalLaunch]) -> None:
-    launch = start_local(tmp_path, 2)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_leaves_no_process_behind(sig: int, tmp_path: Path, launches: list[LocalLaunch]) -> None:
+    launch = start_local(tmp_path, 2, "--log-format=json")
     launches.append(launch)
     wait_ready(launch.ports.http, launch.proc)
+    wait_launcher_ready(launch.ports.health)
     before = launch.leftovers()
     assert len(before) >= 4  # two tritonserver ranks and their python stubs
     started = time.monotonic()
-    code = launch.stop(signal.SIGTERM)
+    code = launch.stop(sig)
     elapsed = time.monotonic() - started
     assert code == 0, launch.log.read_text()
     assert launch.leftovers() == []
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in before)
     assert elapsed < 15, f"stop took {elapsed:.1f}s"
+    events = [json.loads(line) for line in launch.log.read_text().splitlines() if line.startswith('{"time"')]
+    messages = [e["message"] for e in events if e["logger"].startswith("launcher")]
+    assert any(m.startswith("rank 0 ready after") for m in messages)
+    assert messages[-1].startswith("launch stopped in")
 
 
 def test_killed_rank_stops_the_leader_with_an_error(tmp_path: Path, launches: list[LocalLaunch]) -> None:
@@ -77,4 +85,11 @@ def test_startup_timeout_is_reported(tmp_path: Path, launches: list[LocalLaunch]
     code = launch.proc.wait(timeout=60)
     assert code == 77, launch.log.read_text()
     assert "rank 0 was not ready after" in launch.log.read_text()
+    assert launch.leftovers() == []
+
+
+def test_missing_nsys_is_reported_before_anything_starts(tmp_path: Path) -> None:
+    launch = start_local(tmp_path, 2, "--nsys", "--nsys-binary=/no/nsys")
+    assert launch.proc.wait(timeout=30) == 69
+    assert "--nsys-binary=/no/nsys: Nsight Systems not found" in launch.log.read_text()
     assert launch.leftovers() == []

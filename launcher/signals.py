@@ -1,0 +1,23 @@
+"""Turning SIGTERM/SIGINT into a stop request.
+
+As PID 1 in a container the kernel ignores signals that have no handler, so
+both roles install these explicitly; the loops poll the event.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+log = logging.getLogger("launcher")
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)

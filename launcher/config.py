@@ -41,6 +41,15 @@ class NsysConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PreflightConfig:
+    """Optional fabric check run through the same plan before tritonserver."""
+
+    enabled: bool = False
+    deadline_s: float = 120.0
+    max_bytes: int = 256 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
 class LaunchConfig:
     tp: int = 1
     pp: int = 1
@@ -55,6 +64,7 @@ class LaunchConfig:
     group_key: str | None = None
     namespace: str | None = None
     nsys: NsysConfig = NsysConfig()
+    preflight: PreflightConfig = PreflightConfig()
     triton_log_verbose: int = 0
     iso8601: bool = False
     model_load_threads: int = 2
@@ -118,6 +128,10 @@ def validate(config: LaunchConfig) -> LaunchConfig:
                       config.startup_timeout_s)
     _require_positive("the discovery timeout", "--discovery-timeout", "LAUNCHER_DISCOVERY_TIMEOUT",
                       config.discovery_timeout_s)
+    _require_positive("the preflight deadline", "--preflight-deadline", "LAUNCHER_PREFLIGHT_DEADLINE",
+                      config.preflight.deadline_s)
+    _require_positive("the preflight's largest size", "--preflight-max-bytes", "LAUNCHER_PREFLIGHT_MAX_BYTES",
+                      config.preflight.max_bytes)
     if config.stop_grace_s < 0:
         raise _fail(f"--stop-grace-period={config.stop_grace_s}", "the grace period cannot be negative",
                     "set it to 0 or more seconds")

@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     STARTUP_TIMEOUT = 77  # rank 0 did not become ready in time
     RANK_LOST = 78  # a rank died while mpirun was still running
     GROUP_CHANGED = 79  # a pod of the group was deleted, restarted or not ready
+    PREFLIGHT_FAILED = 80  # the fabric check found a rank, GPU or link at fault
     INTERRUPTED = 130  # stopped by a signal before the launch was complete
 
 

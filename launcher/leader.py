@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from .discovery import wait_until_reachable
 from .errors import ExitCode, LauncherError, MissingExecutableError
 from .model_repository import check_engine, check_model_repository
 from .observability import HealthServer
+from .preflight.check import PreflightResult, format_result, rank_program, run_preflight, summary_line
 from .signals import install_stop_handlers
 from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, build_plan, parse_mpirun_version
 from .supervisor import LeaderMetrics, Supervisor, SupervisorOptions
@@ -107,7 +109,30 @@ class Leader:
             )
         return mpirun, flavor, find_tritonserver(self.config.tritonserver)
 
-    def plan(self, members: Sequence[Member], mpirun: str, flavor: MpiFlavor, triton: TritonCommand) -> LaunchPlan:
+    def preflight(self, members: Sequence[Member], mpirun: str, flavor: MpiFlavor, triton: TritonCommand) -> None:
+        """Run the fabric check through the same hosts, agent and environment; raise if it fails."""
+        result = self.check_fabric(members, mpirun, flavor, triton)
+        log.info(summary_line(result))
+        self.metrics.preflight_passed.set(1 if result.passed else 0)
+        for transport in result.sweeps:
+            largest = result.largest(transport)
+            if largest:
+                self.metrics.preflight_busbw.labels(transport).set(largest["busbw"])
+        if not result.passed:
+            log.error("\n%s", format_result(result))
+            raise LauncherError(summary_line(result) + "; fix the fabric or run without --preflight",
+                                ExitCode.PREFLIGHT_FAILED)
+
+    def check_fabric(self, members: Sequence[Member], mpirun: str, flavor: MpiFlavor,
+                     triton: TritonCommand) -> PreflightResult:
+        options = self.config.preflight
+        program = rank_program(sys.executable, options.deadline_s, options.max_bytes)
+        plan = self.plan(members, mpirun, flavor, triton, program=lambda _rank: program)
+        log.info("preflight: %d ranks on %d pods, deadline %gs", len(plan.ranks), len(plan.hosts), options.deadline_s)
+        return run_preflight(plan, self.environ, options.deadline_s + 10.0, self.stop)
+
+    def plan(self, members: Sequence[Member], mpirun: str, flavor: MpiFlavor, triton: TritonCommand,
+             program: Callable[[int], tuple[str, ...]] | None = None) -> LaunchPlan:
         config = dataclasses.replace(self.config, mpirun=mpirun)
         return build_plan(
             config,
@@ -118,6 +143,7 @@ class Leader:
             launch_id=uuid.uuid4().hex[:16],
             is_root=os.geteuid() == 0,
             agent=self.agent,
+            program=program,
         )
 
     def run(self) -> int:
@@ -133,6 +159,9 @@ class Leader:
             phases.enter("readiness")
             if self.agent is not None and len(members) > 1:
                 wait_until_reachable(self.agent, members[1:], self.config.discovery_timeout_s, self.stop)
+            if self.config.preflight.enabled:
+                phases.enter("preflight")
+                self.preflight(members, mpirun, flavor, triton)
             plan = self.plan(members, mpirun, flavor, triton)
             options = SupervisorOptions(
                 startup_timeout_s=self.config.startup_timeout_s,

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from . import __version__
 
 PREFIX = "launcher"
-LEADER_PHASES = ("config", "discovery", "readiness", "launch", "serving", "stopping", "exited")
+LEADER_PHASES = ("config", "discovery", "readiness", "preflight", "launch", "serving", "stopping", "exited")
 WORKER_STATES = ("waiting", "ranked", "lost")
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .config import LaunchConfig
@@ -215,8 +215,11 @@ def build_plan(
     launch_id: str,
     is_root: bool,
     agent: str | None,
+    program: Callable[[int], tuple[str, ...]] | None = None,
 ) -> LaunchPlan:
-    """Everything mpirun needs; ``agent`` is None when every rank is local."""
+    """Everything mpirun needs; ``agent`` is None when every rank is local.
+
+    ``program`` replaces tritonserver as what each rank runs (preflight)."""
     ordered = order_members(members)
     if len(ordered) != config.pods:
         raise ConfigError(
@@ -225,7 +228,8 @@ def build_plan(
         )
     g = config.gpus_per_pod
     ranks = tuple(
-        Rank(r, ordered[r // g].pod, ordered[r // g].address, r % g, rank_argv(config, triton, r))
+        Rank(r, ordered[r // g].pod, ordered[r // g].address, r % g,
+             program(r) if program else rank_argv(config, triton, r))
         for r in range(config.world_size)
     )
     hosts = tuple(f"{m.pod}:{g}" for m in ordered)

@@ -50,6 +50,12 @@ class LeaderMetrics:
             f"{PREFIX}_time_to_ready_seconds", "Seconds from mpirun start to rank 0 ready", registry=self.registry
         )
         self.rank0_ready = Gauge(f"{PREFIX}_rank0_ready", "1 while Triton rank 0 is ready", registry=self.registry)
+        self.preflight_passed = Gauge(f"{PREFIX}_preflight_passed", "1 if the last preflight passed, 0 if it failed",
+                                      registry=self.registry)
+        self.preflight_busbw = Gauge(
+            f"{PREFIX}_preflight_busbw_bytes_per_second", "Preflight allreduce bus bandwidth at the largest size",
+            ["transport"], registry=self.registry,
+        )
 
 
 @dataclasses.dataclass

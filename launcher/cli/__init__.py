@@ -15,6 +15,7 @@ from ..errors import ExitCode, LauncherError
 from .dry_run import dry_run
 from .leader import leader, parse_leader_args
 from .local import local
+from .preflight import preflight
 from .worker import worker
 
 __all__ = ["cli", "main", "parse_leader_args"]
@@ -30,6 +31,7 @@ cli.add_command(leader)
 cli.add_command(worker)
 cli.add_command(local)
 cli.add_command(dry_run)
+cli.add_command(preflight)
 
 
 def main(argv: Sequence[str] | None = None, prog_name: str = "launcher") -> int:

@@ -29,7 +29,7 @@ def leader(**params: Any) -> int:
     """Find the group's pods, launch one tritonserver per GPU with mpirun, supervise."""
     logs.setup(params["log_format"], params["verbosity"])
     config = build_config(params)
-    hosts = _hosts(params.get("hosts"), config)
+    hosts = hosts_from(params.get("hosts"), config)
     if hosts is None:
         raise ConfigError(
             "--hosts is not set: Kubernetes discovery is not available in this release; "
@@ -43,7 +43,7 @@ def leader(**params: Any) -> int:
     return Leader(config, discover, agent).run()
 
 
-def _hosts(text: str | None, config: LaunchConfig) -> list[Member] | None:
+def hosts_from(text: str | None, config: LaunchConfig) -> list[Member] | None:
     if not text:
         return None
     words = [w.strip() for w in text.split(",") if w.strip()]

@@ -13,7 +13,14 @@ from typing import Any, TypeVar
 
 import click
 
-from ..config import DEFAULT_FORWARD_PREFIXES, LaunchConfig, NsysConfig, parse_env_assignments, validate
+from ..config import (
+    DEFAULT_FORWARD_PREFIXES,
+    LaunchConfig,
+    NsysConfig,
+    PreflightConfig,
+    parse_env_assignments,
+    validate,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,6 +73,12 @@ TRITON = [
     _opt("--nsys-binary", env="LAUNCHER_NSYS_BINARY", default="nsys", help="Nsight Systems binary."),
     _opt("--nsys-output", env="LAUNCHER_NSYS_OUTPUT", default="/tmp/nsys", help="Directory for rank reports."),
     _opt("--nsys-trace", env="LAUNCHER_NSYS_TRACE", default="cuda,nvtx,osrt,mpi", help="nsys --trace set."),
+    _opt("--preflight/--no-preflight", "preflight", env="LAUNCHER_PREFLIGHT", default=False,
+         help="Check the fabric (ranks, GPUs, collectives, bandwidth) through the same plan before launching."),
+    _opt("--preflight-deadline", env="LAUNCHER_PREFLIGHT_DEADLINE", type=float, default=120.0,
+         help="Seconds a preflight rank may take before it is reported as hung."),
+    _opt("--preflight-max-bytes", env="LAUNCHER_PREFLIGHT_MAX_BYTES", type=int, default=256 * 2**20,
+         help="Largest allreduce of the preflight bandwidth sweep."),
     _opt("--startup-timeout", "startup_timeout_s", env="LAUNCHER_STARTUP_TIMEOUT", type=float, default=1800.0,
          help="Seconds rank 0 may take to become ready (large engines load slowly)."),
     _opt("--stop-grace-period", "stop_grace_s", env="LAUNCHER_STOP_GRACE_PERIOD", type=float, default=10.0,
@@ -104,7 +117,8 @@ def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
     fields = {
         name: values[name]
         for name in LaunchConfig.__dataclass_fields__
-        if name in values and name not in {"extra_env", "forward_env", "nsys", "triton_log_verbose", "iso8601"}
+        if name in values
+        and name not in {"extra_env", "forward_env", "nsys", "preflight", "triton_log_verbose", "iso8601"}
         and values[name] is not None
     }
     config = LaunchConfig(
@@ -116,6 +130,11 @@ def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
             binary=values.get("nsys_binary", "nsys"),
             output_dir=values.get("nsys_output", "/tmp/nsys"),
             trace=values.get("nsys_trace", "cuda,nvtx,osrt,mpi"),
+        ),
+        preflight=PreflightConfig(
+            enabled=bool(values.get("preflight")),
+            deadline_s=values.get("preflight_deadline", 120.0),
+            max_bytes=values.get("preflight_max_bytes", 256 * 2**20),
         ),
         triton_log_verbose=triton_verbose if triton_verbose is not None else verbosity,
         iso8601=bool(values.get("iso8601")),

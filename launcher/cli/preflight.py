@@ -1,0 +1,42 @@
+"""``launcher preflight``: check the group's fabric through the launch plan, and stop."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from .. import logs
+from ..errors import ConfigError, ExitCode
+from ..leader import Leader, detect_mpi
+from ..plan import Member, TritonCommand
+from ..preflight.check import format_result
+from ..signals import install_stop_handlers
+from .leader import HOSTS, hosts_from
+from .options import GROUP, LOGGING, PARALLELISM, TRITON, apply, build_config
+
+
+@click.command()
+@apply(PARALLELISM, TRITON, GROUP, LOGGING)
+@HOSTS
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def preflight(**params: Any) -> int:
+    """Run a small MPI (and NCCL) program on every rank: identity, GPUs, collectives, bandwidth."""
+    logs.setup(params["log_format"], params["verbosity"])
+    config = build_config(params)
+    members = hosts_from(params.get("hosts"), config)
+    if members is None:
+        raise ConfigError("--hosts is not set; pass the group's pods with --hosts pod0,pod1,... (LAUNCHER_HOSTS)")
+
+    def discover(_stop: threading.Event) -> Sequence[Member]:
+        return members
+
+    leader = Leader(config, discover, config.rsh_agent if len(members) > 1 else None, check_repository=False)
+    mpirun, flavor = detect_mpi(config.mpirun, leader.environ)
+    install_stop_handlers(leader.stop)
+    result = leader.check_fabric(members, mpirun, flavor, TritonCommand(config.tritonserver))
+    click.echo(json.dumps(result.to_dict(), indent=2) if params["output"] == "json" else format_result(result))
+    return ExitCode.OK if result.passed else ExitCode.PREFLIGHT_FAILED

@@ -18,6 +18,8 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# helm (v4 and v3), kubectl, hadolint and the CRD schemas for the chart tests.
+scripts/install-test-tools.sh
 
 .venv/bin/mypy
 exec .venv/bin/pytest -q "$@"

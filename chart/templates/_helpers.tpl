@@ -1,0 +1,297 @@
+{{/*
+Chart name, or nameOverride.
+*/}}
+{{- define "lws-triton.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 45 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of every object of a release. Capped at 45 characters rather than 63:
+LWS names the group's StatefulSets <name>-<group> and its pods
+<name>-<group>-<worker>, and Kubernetes puts those names (plus a hash) into
+label values of at most 63 characters.
+*/}}
+{{- define "lws-triton.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "lws-triton.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels of every object.
+*/}}
+{{- define "lws-triton.labels" -}}
+helm.sh/chart: {{ include "lws-triton.chart" . }}
+{{ include "lws-triton.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Labels that select this release's pods, and nothing of another release.
+*/}}
+{{- define "lws-triton.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lws-triton.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Service account the pods run as.
+*/}}
+{{- define "lws-triton.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "lws-triton.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false: name an existing service account that may get/list/watch pods and create pods/exec in this namespace" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference.
+*/}}
+{{- define "lws-triton.image" -}}
+{{- $repo := required "image.repository is required: the registry/repository you pushed the image built from triton_trt-llm.containerfile to" .Values.image.repository }}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+Pods in one group: tensor x pipeline / gpuPerNode. Fails unless that is a
+positive whole number.
+*/}}
+{{- define "lws-triton.groupSize" -}}
+{{- $tp := int .Values.tensorrtLLM.parallelism.tensor }}
+{{- $pp := int .Values.tensorrtLLM.parallelism.pipeline }}
+{{- $gpus := int .Values.gpuPerNode }}
+{{- if or (lt $tp 1) (lt $pp 1) (lt $gpus 1) }}
+{{- fail (printf "tensorrtLLM.parallelism.tensor (%d), tensorrtLLM.parallelism.pipeline (%d) and gpuPerNode (%d) must all be at least 1" $tp $pp $gpus) }}
+{{- end }}
+{{- $world := mul $tp $pp }}
+{{- if ne (mod $world $gpus) 0 }}
+{{- fail (printf "group size is not a whole number of pods: tensorrtLLM.parallelism.tensor (%d) x pipeline (%d) = %d GPUs, which gpuPerNode (%d) does not divide; set gpuPerNode to a divisor of %d or rebuild the engines for a multiple of %d GPUs" $tp $pp $world $gpus $world $gpus) }}
+{{- end }}
+{{- div $world $gpus }}
+{{- end }}
+
+{{/*
+Checks of values that the schema cannot express. Rendered for its failures
+only; prints nothing.
+*/}}
+{{- define "lws-triton.validate" -}}
+{{- $fullname := include "lws-triton.fullname" . }}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $fullname) }}
+{{- fail (printf "object name %q is not a DNS-1035 label (LWS names its headless Service after the LeaderWorkerSet): use a release name that starts with a letter, or set fullnameOverride" $fullname) }}
+{{- end }}
+{{- $_ := include "lws-triton.groupSize" . }}
+{{- $_ := include "lws-triton.image" . }}
+{{- $_ := include "lws-triton.serviceAccountName" . }}
+{{- $repo := .Values.modelRepository }}
+{{- $_ := required "modelRepository.persistentVolumeClaim is required: the name of the ReadWriteMany PersistentVolumeClaim that holds the model repository and engines" $repo.persistentVolumeClaim }}
+{{- $path := required "modelRepository.path is required: the Triton model repository directory, under modelRepository.mountPath" $repo.path }}
+{{- $mount := trimSuffix "/" $repo.mountPath }}
+{{- if not (hasPrefix (printf "%s/" $mount) $path) }}
+{{- fail (printf "modelRepository.path (%s) must be a directory under modelRepository.mountPath (%s), where the claim %s is mounted" $path $repo.mountPath $repo.persistentVolumeClaim) }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- fail (printf "autoscaling.minReplicas (%d) is greater than autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- end }}
+{{- $ports := list (int .Values.ports.http) (int .Values.ports.grpc) (int .Values.ports.metrics) (int .Values.ports.launcher) }}
+{{- if ne (len (uniq $ports)) 4 }}
+{{- fail (printf "ports.http, ports.grpc, ports.metrics and ports.launcher must differ; got %v" $ports) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Arguments of the leader container: `launcher leader ...`, as a YAML list.
+The group key and namespace come from the downward API (env), the group size
+from LWS itself (LWS_GROUP_SIZE).
+*/}}
+{{- define "lws-triton.leaderArgs" -}}
+{{- $v := .Values }}
+{{- $args := list "leader"
+  (printf "--tp=%d" (int $v.tensorrtLLM.parallelism.tensor))
+  (printf "--pp=%d" (int $v.tensorrtLLM.parallelism.pipeline))
+  (printf "--gpus-per-pod=%d" (int $v.gpuPerNode))
+  (printf "--model-repo=%s" $v.modelRepository.path)
+  (printf "--model=%s" $v.modelRepository.model)
+  (printf "--http-port=%d" (int $v.ports.http))
+  (printf "--grpc-port=%d" (int $v.ports.grpc))
+  (printf "--metrics-port=%d" (int $v.ports.metrics))
+  (printf "--health-port=%d" (int $v.ports.launcher))
+  (printf "--startup-timeout=%d" (int $v.startup.timeoutSeconds))
+  (printf "--discovery-timeout=%d" (int $v.startup.discoveryTimeoutSeconds))
+  (printf "--log-format=%s" $v.logging.format) }}
+{{- if $v.logging.verbose }}
+{{- $args = concat $args (list "--verbose" "--env=NCCL_DEBUG=INFO") }}
+{{- end }}
+{{- if $v.logging.iso8601 }}
+{{- $args = append $args "--iso8601" }}
+{{- end }}
+{{- if $v.nsys.enabled }}
+{{- $out := required "nsys.outputPath is required when nsys.enabled is true" $v.nsys.outputPath }}
+{{- $args = concat $args (list "--nsys" (printf "--nsys-output=%s" $out)) }}
+{{- end }}
+{{- if $v.preflight.enabled }}
+{{- $args = append $args "--preflight" }}
+{{- end }}
+{{- range $key, $value := $v.rankEnv }}
+{{- $args = append $args (printf "--env=%s=%s" $key $value) }}
+{{- end }}
+{{- toYaml $args }}
+{{- end }}
+
+{{/*
+Arguments of the worker container: `launcher worker ...`, as a YAML list.
+*/}}
+{{- define "lws-triton.workerArgs" -}}
+{{- $v := .Values }}
+{{- $args := list "worker"
+  (printf "--health-port=%d" (int $v.ports.launcher))
+  (printf "--log-format=%s" $v.logging.format) }}
+{{- if $v.logging.verbose }}
+{{- $args = append $args "--verbose" }}
+{{- end }}
+{{- toYaml $args }}
+{{- end }}
+
+{{/*
+Pod template metadata; pass (dict "ctx" $ "component" "leader|worker").
+Pods carry only the selector labels, their role and podLabels: a label that
+changes with the chart version would restart every group on each upgrade.
+*/}}
+{{- define "lws-triton.podMetadata" -}}
+{{- $ctx := .ctx -}}
+labels:
+  {{- include "lws-triton.selectorLabels" $ctx | nindent 2 }}
+  app.kubernetes.io/component: {{ .component }}
+  {{- with $ctx.Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with $ctx.Values.podAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+The parts of the pod spec leader and worker share: scheduling, identity,
+volumes. Pass the root context.
+*/}}
+{{- define "lws-triton.podCommon" -}}
+serviceAccountName: {{ include "lws-triton.serviceAccountName" . }}
+terminationGracePeriodSeconds: {{ int .Values.terminationGracePeriodSeconds }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .Values.gpu }}
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms:
+        - matchExpressions:
+            - key: nvidia.com/gpu.product
+              operator: In
+              values:
+                - {{ .Values.gpu | quote }}
+{{- end }}
+tolerations:
+  - key: nvidia.com/gpu
+    operator: Exists
+    effect: NoSchedule
+  {{- with .Values.tolerations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+volumes:
+  - name: model-repository
+    persistentVolumeClaim:
+      claimName: {{ .Values.modelRepository.persistentVolumeClaim }}
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ .Values.shmSize }}
+{{- end }}
+
+{{/*
+The parts of the container leader and worker share. Pass the root context.
+*/}}
+{{- define "lws-triton.containerCommon" -}}
+image: {{ include "lws-triton.image" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+command:
+  - launcher
+{{- with .Values.securityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+resources:
+  requests:
+    {{- include "lws-triton.resourceList" . | nindent 4 }}
+  limits:
+    {{- include "lws-triton.resourceList" . | nindent 4 }}
+volumeMounts:
+  - name: model-repository
+    mountPath: {{ .Values.modelRepository.mountPath }}
+  - name: dshm
+    mountPath: /dev/shm
+{{- end }}
+
+{{/*
+Resources of one pod; requests equal limits (GPUs and EFA must).
+*/}}
+{{- define "lws-triton.resourceList" -}}
+cpu: {{ .Values.resources.cpu | quote }}
+memory: {{ .Values.resources.memory | quote }}
+{{- with .Values.resources.ephemeralStorage }}
+ephemeral-storage: {{ . | quote }}
+{{- end }}
+nvidia.com/gpu: {{ int .Values.gpuPerNode | quote }}
+{{- if gt (int .Values.resources.efa) 0 }}
+vpc.amazonaws.com/efa: {{ int .Values.resources.efa | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels plus the label LWS puts on every group's leader pod.
+*/}}
+{{- define "lws-triton.leaderSelectorLabels" -}}
+{{ include "lws-triton.selectorLabels" . }}
+leaderworkerset.sigs.k8s.io/worker-index: "0"
+{{- end }}
+
+{{/*
+Whether the monitoring.coreos.com/v1 API (Prometheus operator) is served.
+*/}}
+{{- define "lws-triton.hasMonitoringAPI" -}}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end }}
+{{- end }}
+
+{{/*
+PromQL label matchers for this release's series (see the PodMonitor's podTargetLabels).
+*/}}
+{{- define "lws-triton.promSelector" -}}
+{{- printf "namespace=%q, app_kubernetes_io_instance=%q" .Release.Namespace .Release.Name }}
+{{- end }}

@@ -1,0 +1,247 @@
+"""What the chart renders from its values: group size, pods, probes,
+resources, scheduling, Service, HPA, monitoring and RBAC."""
+
+from __future__ import annotations
+
+import pytest
+
+from chart_helpers import (
+    ALL_OPTIONS,
+    TUTORIAL,
+    Helm,
+    by_kind,
+    container,
+    one,
+    pod_labels_as_created,
+    pod_templates,
+    selector_matches,
+)
+
+
+def lws_of(helm: Helm, *sets: str, values=(TUTORIAL,)) -> dict:
+    return one(helm.template(values=values, sets=sets), "LeaderWorkerSet")
+
+
+@pytest.mark.parametrize(
+    ("tensor", "pipeline", "gpus", "size"),
+    [(4, 2, 4, 2), (4, 1, 4, 1), (8, 2, 8, 2), (1, 1, 1, 1), (16, 1, 2, 8), (2, 3, 1, 6)],
+)
+def test_group_size_is_world_size_over_gpus_per_pod(helm: Helm, tensor: int, pipeline: int,
+                                                     gpus: int, size: int) -> None:
+    lws = lws_of(helm, f"tensorrtLLM.parallelism.tensor={tensor}",
+                 f"tensorrtLLM.parallelism.pipeline={pipeline}", f"gpuPerNode={gpus}")
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == size
+    for template in pod_templates(lws).values():
+        assert container(template)["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+
+
+def test_group_policies(helm: Helm) -> None:
+    spec = lws_of(helm)["spec"]
+    assert spec["startupPolicy"] == "LeaderCreated"
+    assert spec["leaderWorkerTemplate"]["restartPolicy"] == "RecreateGroupOnPodRestart"
+    spec = lws_of(helm, "lws.restartPolicy=None")["spec"]
+    assert spec["leaderWorkerTemplate"]["restartPolicy"] == "None"
+
+
+def test_replicas_only_when_autoscaling_is_off(helm: Helm) -> None:
+    assert "replicas" not in lws_of(helm, "autoscaling.enabled=true")["spec"]
+    spec = lws_of(helm, "autoscaling.enabled=false", "lws.replicas=3")["spec"]
+    assert spec["replicas"] == 3
+
+
+def test_containers_run_the_launcher(helm: Helm) -> None:
+    templates = pod_templates(lws_of(helm))
+    leader, worker = container(templates["leader"]), container(templates["worker"])
+    assert leader["command"] == worker["command"] == ["launcher"]
+    assert leader["args"][0] == "leader"
+    assert worker["args"] == ["worker", "--health-port=8080", "--log-format=text"]
+    assert "--tp=4" in leader["args"] and "--pp=2" in leader["args"]
+    assert "--gpus-per-pod=4" in leader["args"]
+    assert "--model-repo=/var/run/models/llama3_8b_tp4_pp2/triton_model_repo" in leader["args"]
+
+
+def test_leader_learns_its_group_through_the_downward_api(helm: Helm) -> None:
+    leader = container(pod_templates(lws_of(helm))["leader"])
+    env = {item["name"]: item for item in leader["env"]}
+    assert env["LAUNCHER_GROUP_KEY"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['leaderworkerset.sigs.k8s.io/group-key']")
+    assert env["LAUNCHER_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+def test_only_the_leader_mounts_an_api_token(helm: Helm) -> None:
+    templates = pod_templates(lws_of(helm))
+    assert templates["worker"]["spec"]["automountServiceAccountToken"] is False
+    assert templates["leader"]["spec"].get("automountServiceAccountToken", True) is True
+
+
+def test_leader_probes(helm: Helm) -> None:
+    leader = container(pod_templates(lws_of(
+        helm, "startup.timeoutSeconds=5400", "startup.discoveryTimeoutSeconds=600"))["leader"])
+    ports = {port["name"]: port["containerPort"] for port in leader["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "launcher": 8080}
+    for probe in ("startupProbe", "readinessProbe"):
+        assert leader[probe]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert leader["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "launcher"}
+    startup = leader["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    # Room for discovery and engine loading, and the launcher reports first.
+    assert 5400 + 600 < budget <= 5400 + 600 + 120
+    assert "--startup-timeout=5400" in leader["args"]
+    assert "--discovery-timeout=600" in leader["args"]
+
+
+def test_worker_probes_use_the_worker_agent(helm: Helm) -> None:
+    worker = container(pod_templates(lws_of(helm, "ports.launcher=9090"))["worker"])
+    assert worker["ports"] == [{"name": "launcher", "containerPort": 9090, "protocol": "TCP"}]
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "launcher"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "launcher"}
+    assert "startupProbe" not in worker
+    assert "--health-port=9090" in worker["args"]
+
+
+def test_resources_requests_equal_limits(helm: Helm) -> None:
+    leader = container(pod_templates(lws_of(helm))["leader"])
+    assert leader["resources"]["requests"] == leader["resources"]["limits"] == {
+        "cpu": "4", "memory": "64Gi", "ephemeral-storage": "8Gi",
+        "nvidia.com/gpu": "4", "vpc.amazonaws.com/efa": "1",
+    }
+
+
+def test_efa_only_when_requested(helm: Helm) -> None:
+    for template in pod_templates(lws_of(helm, "resources.efa=0")).values():
+        resources = container(template)["resources"]
+        assert "vpc.amazonaws.com/efa" not in resources["limits"]
+        assert "vpc.amazonaws.com/efa" not in resources["requests"]
+    for template in pod_templates(lws_of(helm, "resources.efa=32")).values():
+        assert container(template)["resources"]["limits"]["vpc.amazonaws.com/efa"] == "32"
+
+
+def test_volumes_model_repository_and_memory_backed_shm(helm: Helm) -> None:
+    for template in pod_templates(lws_of(helm, "shmSize=12Gi")).values():
+        volumes = {volume["name"]: volume for volume in template["spec"]["volumes"]}
+        assert volumes["model-repository"]["persistentVolumeClaim"] == {"claimName": "efs-claim"}
+        assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "12Gi"}
+        mounts = {mount["name"]: mount["mountPath"] for mount in container(template)["volumeMounts"]}
+        assert mounts == {"model-repository": "/var/run/models", "dshm": "/dev/shm"}
+
+
+def test_scheduling_gpu_product_tolerations_node_selector(helm: Helm) -> None:
+    lws = lws_of(helm, values=(ALL_OPTIONS,))
+    for template in pod_templates(lws).values():
+        spec = template["spec"]
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert terms["nodeSelectorTerms"] == [{"matchExpressions": [{
+            "key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A100-SXM4-80GB"]}]}]
+        assert spec["tolerations"][0] == {
+            "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        assert spec["tolerations"][1]["key"] == "dedicated"
+        assert spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "p4d.24xlarge"}
+        assert spec["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    no_gpu_model = lws_of(helm, "gpu=")
+    assert all("affinity" not in t["spec"] for t in pod_templates(no_gpu_model).values())
+
+
+def test_options_become_launcher_flags(helm: Helm) -> None:
+    lws = lws_of(helm, values=(ALL_OPTIONS,))
+    args = container(pod_templates(lws)["leader"])["args"]
+    for flag in ("--verbose", "--env=NCCL_DEBUG=INFO", "--iso8601", "--nsys",
+                 "--nsys-output=/mnt/models/nsys", "--preflight", "--log-format=json",
+                 "--env=FI_EFA_USE_DEVICE_RDMA=1", "--env=NCCL_PROTO=simple",
+                 "--http-port=9000", "--grpc-port=9001", "--metrics-port=9002",
+                 "--health-port=9080"):
+        assert flag in args
+    worker = container(pod_templates(lws)["worker"])
+    assert worker["args"] == ["worker", "--health-port=9080", "--log-format=json", "--verbose"]
+    env_names = [item["name"] for item in worker["env"]]
+    assert env_names == ["HF_HOME", "NODE_NAME"]
+
+
+def test_quiet_by_default(helm: Helm) -> None:
+    args = container(pod_templates(lws_of(helm))["leader"])["args"]
+    assert not [arg for arg in args if arg in ("--verbose", "--nsys", "--preflight", "--iso8601")
+                or "NCCL_DEBUG" in arg]
+
+
+def test_service_selects_only_this_releases_leaders(helm: Helm) -> None:
+    docs = helm.template(sets=("service.type=ClusterIP",))
+    service, lws = one(docs, "Service"), one(docs, "LeaderWorkerSet")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http", 8000, "http"), ("grpc", 8001, "grpc"), ("metrics", 8002, "metrics")]
+    selector = service["spec"]["selector"]
+    assert selector_matches(selector, pod_labels_as_created(lws, "leader"))
+    assert selector_matches(selector, pod_labels_as_created(lws, "leader", group=1))
+    assert not selector_matches(selector, pod_labels_as_created(lws, "worker"))
+    assert one(helm.template(), "Service")["spec"]["type"] == "LoadBalancer"
+
+
+def test_hpa_scales_this_leaderworkerset(helm: Helm) -> None:
+    docs = helm.template(values=(ALL_OPTIONS,))
+    hpa, lws = one(docs, "HorizontalPodAutoscaler"), one(docs, "LeaderWorkerSet")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
+        "name": lws["metadata"]["name"]}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+    assert hpa["spec"]["metrics"] == [{"type": "Pods", "pods": {
+        "metric": {"name": "triton:queue_compute:ratio"},
+        "target": {"type": "AverageValue", "averageValue": "500m"}}}]
+    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 600}}
+
+
+def test_prometheus_rule_records_the_autoscaling_metric(helm: Helm) -> None:
+    rule = one(helm.template(release="alpha", namespace="serving"), "PrometheusRule")
+    records = {r["record"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    sel = '{namespace="serving", app_kubernetes_io_instance="alpha"}'
+    assert records["triton:queue_compute:ratio"] == (
+        f"rate(nv_inference_queue_duration_us{sel}[1m]) / "
+        f"clamp_min(rate(nv_inference_compute_infer_duration_us{sel}[1m]), 1)")
+    for name, metric in (("queue", "nv_inference_queue_duration_us"),
+                         ("compute_infer", "nv_inference_compute_infer_duration_us"),
+                         ("request", "nv_inference_request_duration_us")):
+        assert records[f"triton:{name}_duration_us:avg"] == (
+            f"rate({metric}{sel}[1m]) / (rate(nv_inference_request_success{sel}[1m]) > 0)")
+
+
+def test_monitoring_labels_and_endpoints(helm: Helm) -> None:
+    docs = helm.template(sets=("monitoring.labels.release=kps",))
+    monitor, lws = one(docs, "PodMonitor"), one(docs, "LeaderWorkerSet")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert one(docs, "PrometheusRule")["metadata"]["labels"]["release"] == "kps"
+    endpoints = {(e["port"], e["path"]) for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert endpoints == {("metrics", "/metrics"), ("launcher", "/metrics")}
+    assert "app.kubernetes.io/instance" in monitor["spec"]["podTargetLabels"]
+    for role in ("leader", "worker"):
+        labels = pod_labels_as_created(lws, role)
+        assert selector_matches(monitor["spec"]["selector"]["matchLabels"], labels)
+    docs = helm.template(sets=("monitoring.podMonitor.enabled=false",
+                               "monitoring.prometheusRule.enabled=false"))
+    assert not by_kind(docs, "PodMonitor") and not by_kind(docs, "PrometheusRule")
+
+
+def test_rbac_is_minimal_and_bound_to_the_pods_account(helm: Helm) -> None:
+    docs = helm.template()
+    account, role, binding = (one(docs, kind) for kind in ("ServiceAccount", "Role", "RoleBinding"))
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
+    ]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": "serving"}]
+    for template in pod_templates(one(docs, "LeaderWorkerSet")).values():
+        assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_existing_service_account(helm: Helm) -> None:
+    docs = helm.template(sets=("serviceAccount.create=false", "serviceAccount.name=ops-made"))
+    assert not [doc for doc in docs if doc["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    for template in pod_templates(one(docs, "LeaderWorkerSet")).values():
+        assert template["spec"]["serviceAccountName"] == "ops-made"
+
+
+def test_pod_labels_do_not_change_with_the_chart_version(helm: Helm) -> None:
+    for template in pod_templates(lws_of(helm)).values():
+        labels = template["metadata"]["labels"]
+        assert "helm.sh/chart" not in labels and "app.kubernetes.io/version" not in labels

@@ -1,6 +1,6 @@
-"""Launch benchmarks on this machine (CPU tritonserver, Open MPI 5 from PyPI).
+"""Launch benchmarks: `launcher local` against bare mpirun of the same ranks.
 
-    .venv/bin/python benchmarks/launch.py [--rounds 5] [--ranks 2 4]
+    python benchmarks/launch.py [--rounds 5] [--ranks 2 4] [--mpirun PATH] [-- extra launcher flags]
 
 Prints, per rank count, alternating in one run:
 - start -> rank 0 ready: `launcher local` versus bare `mpirun` of the very
@@ -9,7 +9,7 @@ Prints, per rank count, alternating in one run:
 - SIGTERM to the launcher -> every rank process gone (target <= 5 s);
 - a rank SIGKILLed -> launcher exit (target median <= 2 s).
 Both sides are timed the same way: from process spawn to the first ready
-answer, polled every 20 ms.
+answer, polled every 20 ms. benchmarks/gpu/ reuses these functions.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,11 +31,12 @@ sys.path.insert(0, str(REPO))
 
 import tritonclient.http as httpclient  # noqa: E402  (imported before any timing starts)
 
-from launcher.config import LaunchConfig  # noqa: E402
+from launcher.config import LaunchConfig, parse_env_assignments  # noqa: E402
 from launcher.leader import detect_mpi  # noqa: E402
 from launcher.plan import Member, build_plan  # noqa: E402
 from launcher.tritonbin import find_tritonserver  # noqa: E402
 from tests.integration.launch import (  # noqa: E402
+    LocalLaunch,
     Ports,
     kill_leftovers,
     launch_env,
@@ -44,7 +46,7 @@ from tests.integration.launch import (  # noqa: E402
 )
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> float:
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 180) -> float:
     client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=1, network_timeout=1)
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
@@ -68,32 +70,49 @@ def wait_gone(marker: str, timeout_s: float = 60) -> float:
     return time.monotonic()
 
 
-def launcher_round(ranks: int, tmp: Path) -> tuple[float, float]:
-    """(start -> ready, SIGTERM -> all ranks gone) for `launcher local`."""
+def env_flags(extra: Sequence[str]) -> dict[str, str]:
+    return parse_env_assignments([a.split("=", 1)[1] for a in extra if a.startswith("--env=")])
+
+
+def launcher_start(ranks: int, tmp: Path, extra: Sequence[str]) -> tuple[LocalLaunch, float]:
+    """A running `launcher local` and its start -> ready seconds."""
     spawned = time.monotonic()
-    launch = start_local(tmp, ranks)
+    launch = start_local(tmp, ranks, *extra)
     try:
-        ready = wait_ready(launch.ports.http, launch.proc) - spawned
-        stopping = time.monotonic()
-        launch.proc.send_signal(signal.SIGTERM)
-        gone = wait_gone(str(launch.repo)) - stopping
-        launch.proc.wait(30)
-        return ready, gone
+        return launch, wait_ready(launch.ports.http, launch.proc) - spawned
+    except BaseException:
+        kill_leftovers(launch)
+        raise
+
+
+def launcher_stop(launch: LocalLaunch) -> float:
+    """SIGTERM -> every rank process gone, in seconds."""
+    stopping = time.monotonic()
+    launch.proc.send_signal(signal.SIGTERM)
+    gone = wait_gone(str(launch.repo)) - stopping
+    launch.proc.wait(30)
+    return gone
+
+
+def launcher_round(ranks: int, tmp: Path, extra: Sequence[str] = ()) -> tuple[float, float]:
+    launch, ready = launcher_start(ranks, tmp, extra)
+    try:
+        return ready, launcher_stop(launch)
     finally:
         kill_leftovers(launch)
 
 
-def bare_round(ranks: int, tmp: Path) -> float:
+def bare_round(ranks: int, tmp: Path, mpirun: str = "mpirun", extra: Sequence[str] = ()) -> float:
     """start -> ready for mpirun started by hand with the same ranks."""
     env = launch_env()
     repo = private_repo(tmp)
     ports = Ports.free()
+    mpirun_path, flavor = detect_mpi(mpirun, env)
     config = LaunchConfig(tp=ranks, gpus_per_pod=ranks, model_repo=repo, model="toy_tp", http_port=ports.http,
-                          grpc_port=ports.grpc, metrics_port=ports.metrics, health_port=ports.health)
-    mpirun, flavor = detect_mpi("mpirun", env)
-    plan = build_plan(LaunchConfig(**{**config.__dict__, "mpirun": mpirun}), [Member("localhost", "127.0.0.1", 0)],
-                      flavor, triton=find_tritonserver(), environ=env, launch_id="bare", is_root=os.geteuid() == 0,
-                      agent=None)
+                          grpc_port=ports.grpc, metrics_port=ports.metrics, health_port=ports.health,
+                          mpirun=mpirun_path, extra_env=env_flags(extra))
+    plan = build_plan(config, [Member("localhost", "127.0.0.1", 0)], flavor, triton=find_tritonserver(),
+                      environ=env, launch_id="bare", is_root=os.geteuid() == 0, agent=None)
     spawned = time.monotonic()
     proc = subprocess.Popen(plan.argv, env={**env, **plan.env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -107,8 +126,8 @@ def bare_round(ranks: int, tmp: Path) -> float:
         wait_gone(str(repo))
 
 
-def rank_kill_round(ranks: int, tmp: Path) -> float:
-    launch = start_local(tmp, ranks)
+def rank_kill_round(ranks: int, tmp: Path, extra: Sequence[str] = ()) -> float:
+    launch = start_local(tmp, ranks, *extra)
     try:
         wait_ready(launch.ports.http, launch.proc)
         victim = next(p for p in launch.rank_processes() if f"--id=rank{ranks - 1}" in p.cmdline())
@@ -121,40 +140,52 @@ def rank_kill_round(ranks: int, tmp: Path) -> float:
         kill_leftovers(launch)
 
 
+def alternate(ranks: int, rounds: int, mpirun: str, extra: Sequence[str]) -> tuple[list[float], list[float], list[float]]:
+    """(launcher start->ready, bare start->ready, SIGTERM->gone), launcher first on even rounds."""
+    launcher_ready, bare_ready, stop = [], [], []
+    for i in range(rounds):
+        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+            if i % 2:
+                bare_ready.append(bare_round(ranks, Path(b), mpirun, extra))
+            ready, gone = launcher_round(ranks, Path(a), extra)
+            if not i % 2:
+                bare_ready.append(bare_round(ranks, Path(b), mpirun, extra))
+        launcher_ready.append(ready)
+        stop.append(gone)
+    return launcher_ready, bare_ready, stop
+
+
 def fmt(values: list[float]) -> str:
     return f"median {statistics.median(values):.3f}s  min {min(values):.3f}s  max {max(values):.3f}s  (n={len(values)})"
+
+
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--mpirun", default="mpirun")
+    parser.add_argument("extra", nargs="*", help="extra `launcher local` flags, after --")
     args = parser.parse_args()
+    extra = [f"--mpirun={args.mpirun}", *args.extra]
     print(f"# {platform.node()} {os.cpu_count()} cpus, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     for ranks in args.ranks:
-        launcher_ready, bare_ready, stop, kill = [], [], [], []
-        for i in range(args.rounds):
-            with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-                if i % 2 == 0:
-                    ready, gone = launcher_round(ranks, Path(a))
-                    bare = bare_round(ranks, Path(b))
-                else:
-                    bare = bare_round(ranks, Path(b))
-                    ready, gone = launcher_round(ranks, Path(a))
-            launcher_ready.append(ready)
-            bare_ready.append(bare)
-            stop.append(gone)
+        launcher_ready, bare_ready, stop = alternate(ranks, args.rounds, args.mpirun, extra)
+        kill = []
+        for _ in range(args.rounds):
             with tempfile.TemporaryDirectory() as c:
-                kill.append(rank_kill_round(ranks, Path(c)))
+                kill.append(rank_kill_round(ranks, Path(c), extra))
         ratio = statistics.median(launcher_ready) / statistics.median(bare_ready)
         print(f"ranks={ranks}")
         print(f"  launcher local start->ready  {fmt(launcher_ready)}")
         print(f"  bare mpirun    start->ready  {fmt(bare_ready)}")
-        print(f"  ratio launcher/bare (medians) {ratio:.3f}   target <= 1.10  {'OK' if ratio <= 1.10 else 'MISSED'}")
-        print(f"  SIGTERM -> all ranks gone    {fmt(stop)}   target <= 5 s  "
-              f"{'OK' if max(stop) <= 5 else 'MISSED'}")
+        print(f"  ratio launcher/bare (medians) {ratio:.3f}   target <= 1.10  {verdict(ratio <= 1.10)}")
+        print(f"  SIGTERM -> all ranks gone    {fmt(stop)}   target <= 5 s  {verdict(max(stop) <= 5)}")
         print(f"  rank killed -> leader exit   {fmt(kill)}   target median <= 2 s  "
-              f"{'OK' if statistics.median(kill) <= 2 else 'MISSED'}")
+              f"{verdict(statistics.median(kill) <= 2)}")
     return 0
 
 

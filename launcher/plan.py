@@ -24,6 +24,9 @@ from .config import LaunchConfig
 from .errors import ConfigError
 
 LAUNCH_ID_ENV = "LAUNCHER_LAUNCH_ID"
+# Which GPUs a pod has is the pod's own business (the device plugin decides):
+# never copy the leader's view onto other pods.
+POD_LOCAL_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +184,7 @@ def forwarded_names(config: LaunchConfig, environ: Mapping[str, str]) -> tuple[s
         name
         for name in environ
         for wanted in config.forward_env
-        if name == wanted or (wanted.endswith("_") and name.startswith(wanted))
+        if (name == wanted or (wanted.endswith("_") and name.startswith(wanted))) and name not in POD_LOCAL_ENV
     }
     return tuple(sorted(names))
 

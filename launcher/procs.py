@@ -38,10 +38,32 @@ def launch_processes(launch_id: str) -> list[psutil.Process]:
     return processes_with_env(LAUNCH_ID_ENV, launch_id)
 
 
-def terminate(procs: Iterable[psutil.Process], grace_s: float) -> list[psutil.Process]:
-    """SIGTERM, wait up to ``grace_s``, then SIGKILL; return what survived even that."""
-    procs = list(procs)
+MPI_LAUNCHERS = ("mpirun", "orterun", "prterun", "orted", "prted")
+
+
+def rank_roots(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """The processes MPI started (ranks, or their nsys wrapper), not their children.
+
+    Only these get the polite SIGTERM: a rank shuts its own helpers down (Triton
+    waits for its python backend stubs), and a stub signalled directly dies
+    under Triton, which then waits for it until its exit timeout.
+    """
+    roots = []
     for proc in procs:
+        try:
+            if psutil.Process(proc.ppid()).name() in MPI_LAUNCHERS and proc.name() not in MPI_LAUNCHERS:
+                roots.append(proc)
+        except psutil.Error:
+            continue
+    return roots
+
+
+def terminate(procs: Iterable[psutil.Process], grace_s: float,
+              polite: Iterable[psutil.Process] | None = None) -> list[psutil.Process]:
+    """SIGTERM ``polite`` (default: all), wait up to ``grace_s`` for all, then SIGKILL;
+    return what survived even that."""
+    procs = list(procs)
+    for proc in procs if polite is None else polite:
         try:
             proc.send_signal(signal.SIGTERM)
         except psutil.Error:

@@ -185,9 +185,10 @@ class Supervisor:
         begun = time.monotonic()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        # Ranks get SIGTERM at the same moment: Triton then drains and exits by
-        # itself, and mpirun sees its local ranks end and aborts remote ones.
-        survivors = procs.terminate(procs.launch_processes(self.launch_id), grace)
+        # Local ranks get SIGTERM at the same moment: Triton then drains and
+        # exits by itself, and mpirun sees its ranks end and aborts remote ones.
+        launched = procs.launch_processes(self.launch_id)
+        survivors = procs.terminate(launched, grace, polite=procs.rank_roots(launched))
         try:
             proc.wait(timeout=max(0.0, grace - (time.monotonic() - begun)) if graceful else 1.0)
         except subprocess.TimeoutExpired:

@@ -69,7 +69,7 @@ import select
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -152,11 +152,13 @@ class Pod:
     pid: int
     net_ns: int
     mnt_ns: int
+    env: tuple[tuple[str, str], ...] = ()
 
     def exec_argv(self, argv: Sequence[str], cwd: str | os.PathLike[str] | None = None) -> list[str]:
         """Prefix that runs argv inside this pod (cwd defaults to ours; nsenter would use /)."""
         workdir = os.fspath(cwd) if cwd is not None else os.getcwd()
-        return ["nsenter", "-t", str(self.pid), "-n", "-u", "-m", f"--wd={workdir}", "--", *argv]
+        own_env = ["env", *(f"{k}={v}" for k, v in self.env)] if self.env else []
+        return ["nsenter", "-t", str(self.pid), "-n", "-u", "-m", f"--wd={workdir}", "--", *own_env, *argv]
 
     def run(self, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
         return subprocess.Popen(self.exec_argv(argv, popen_kwargs.get("cwd")), **popen_kwargs)
@@ -226,7 +228,9 @@ class PodNetwork:
                 return candidate
         raise RuntimeError(f"no free /24 left in {SUPERNET}")
 
-    def add_pod(self, name: str) -> Pod:
+    def add_pod(self, name: str, env: Mapping[str, str] | None = None) -> Pod:
+        """A new pod; ``env`` is the pod's own environment (e.g. the GPUs it was given),
+        applied to everything started in it, by ``Pod.exec_argv`` and by the agent."""
         if not _POD_NAME.fullmatch(name) or name in self.pods:
             raise ValueError(f"pod name {name!r} must be a new DNS label (lowercase letters, digits, '-')")
         assert self.subnet is not None, "PodNetwork is not open"
@@ -242,7 +246,7 @@ class PodNetwork:
         self._wait_ready(sandbox, name)
         ids = _namespace_ids(sandbox.pid)
         assert ids is not None
-        pod = Pod(name, address, sandbox.pid, *ids)
+        pod = Pod(name, address, sandbox.pid, *ids, env=tuple(sorted((env or {}).items())))
         self.pods[name] = pod
         self._save_state()
         _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", str(pod.pid))
@@ -251,6 +255,8 @@ class PodNetwork:
         _ip("link", "set", "eth0", "up", netns_pid=pod.pid)
         with open(self.dir / "hosts", "a") as hosts:  # in place: every sandbox bind-mounts this inode
             hosts.write(f"{address} {name}\n")
+        if pod.env:
+            (self.dir / f"{name}.env").write_text("".join(f"{k}={v}\n" for k, v in pod.env))
         (self.dir / f"{name}.pid").write_text(f"{pod.pid}\n")
         return pod
 

@@ -130,11 +130,12 @@ def test_member_count_must_match_world() -> None:
 
 def test_forwarded_environment() -> None:
     config = LaunchConfig(tp=2, gpus_per_pod=1, extra_env={"MY_FLAG": "1"})
-    environ = {"NCCL_DEBUG": "INFO", "FI_PROVIDER": "efa", "HOME": "/root", "PATH": "/bin", "NCCLX": "no"}
+    environ = {"NCCL_DEBUG": "INFO", "FI_PROVIDER": "efa", "HOME": "/root", "PATH": "/bin", "NCCLX": "no",
+               "CUDA_VISIBLE_DEVICES": "0,1", "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
     plan = build_plan(config, lws_members("x", 0, 2), V4, triton=TritonCommand(), environ=environ,
                       launch_id="abc", is_root=False, agent="kubessh")
     xs = [plan.argv[i + 1] for i, a in enumerate(plan.argv) if a == "-x"]
-    assert set(xs) == {"NCCL_DEBUG", "FI_PROVIDER", "PATH", "MY_FLAG", LAUNCH_ID_ENV}
+    assert set(xs) == {"NCCL_DEBUG", "FI_PROVIDER", "PATH", "CUDA_DEVICE_MAX_CONNECTIONS", "MY_FLAG", LAUNCH_ID_ENV}
     assert plan.env == {"MY_FLAG": "1", LAUNCH_ID_ENV: "abc"}
 
 

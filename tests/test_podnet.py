@@ -208,3 +208,10 @@ def test_mpi4py_allreduce_across_two_pods(net: PodNetwork, tmp_path: Path, versi
         (0, 4, "pod0", 10), (1, 4, "pod0", 10), (2, 4, "pod1", 10), (3, 4, "pod1", 10),
     ]  # fmt: skip
     assert all(r["library"].startswith(library) for r in ranks), ranks[0]["library"]
+
+
+def test_pod_environment_reaches_local_and_agent_commands() -> None:
+    with PodNetwork() as network:
+        pod = network.add_pod("gpu1", env={"CUDA_VISIBLE_DEVICES": "2,3"})
+        assert run_in(pod, ["sh", "-c", "echo $CUDA_VISIBLE_DEVICES"]).stdout == "2,3\n"
+        assert agent(network, "gpu1", "echo", "$CUDA_VISIBLE_DEVICES").stdout == "2,3\n"

@@ -22,6 +22,7 @@ import triton_python_backend_utils as pb_utils
 
 WORK_TAG = 17
 POLL_INTERVAL_S = 0.0005
+FINALIZE_WAIT_S = 0.5
 
 
 def _wait(request):
@@ -171,6 +172,10 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
+        # Tell followers to stop, but never block: during a shutdown the
+        # peers may already be gone, and a blocking send would hang the exit.
         if self.rank == 0:
-            for peer in range(1, self.world):
-                self.comm.send(None, dest=peer, tag=WORK_TAG)
+            requests = [self.comm.isend(None, dest=peer, tag=WORK_TAG) for peer in range(1, self.world)]
+            deadline = time.monotonic() + FINALIZE_WAIT_S
+            while not all(r.test()[0] for r in requests) and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL_S)

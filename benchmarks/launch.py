@@ -54,6 +54,7 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 180)
             raise RuntimeError(f"exited with {proc.returncode} before ready")
         try:
             if client.is_server_ready():
+                client.close()
                 return time.monotonic()
         except Exception:
             pass

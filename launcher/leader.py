@@ -79,6 +79,11 @@ class Rank0Readiness:
         except Exception:  # refused, reset, timed out: not ready yet
             return False
 
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
 
 @dataclasses.dataclass
 class Leader:

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 import psutil
 from prometheus_client import CollectorRegistry, Gauge
@@ -29,6 +29,15 @@ from .plan import LaunchPlan
 log = logging.getLogger("launcher.supervisor")
 
 RANK_PROCESS_NAMES = ("tritonserver",)
+
+
+class ReadinessProbe(Protocol):
+    """Asks rank 0 whether it is ready; ``close`` drops its connection, since
+    Triton waits for open HTTP connections before it exits."""
+
+    def __call__(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class LeaderMetrics:
@@ -78,7 +87,7 @@ class Supervisor:
         plan: LaunchPlan,
         options: SupervisorOptions,
         metrics: LeaderMetrics,
-        rank0_ready: Callable[[], bool],
+        rank0_ready: ReadinessProbe,
         stop: threading.Event,
         environ: dict[str, str] | None = None,
     ) -> None:
@@ -181,6 +190,7 @@ class Supervisor:
         (a broken world cannot finish its collectives, so waiting only delays the restart)."""
         self.metrics.phases.enter("stopping")
         self.metrics.rank0_ready.set(0)
+        self.rank0_ready.close()
         grace = self.options.stop_grace_s if graceful else 0.0
         begun = time.monotonic()
         if proc.poll() is None:

@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ MPIRUN = "/usr/bin/mpirun"
 # NVLink multicast stays off on the lent machines (see the device notes).
 SAFE_ENV = ["--env=NCCL_NVLS_ENABLE=0", "--env=TORCH_SYMM_MEM_DISABLE_MULTICAST=1", "--env=NVSHMEM_DISABLE_NVLS=1"]
 EXTRA = [f"--mpirun={MPIRUN}", *SAFE_ENV]
-OUT = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu-out-"))
+OUT = Path(os.environ.get("GPU_BENCH_OUT") or os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu-out-"))
 OUT.mkdir(parents=True, exist_ok=True)
 
 
@@ -90,6 +92,7 @@ def latency(port: int, n: int = 200) -> dict[str, float]:
         start = time.perf_counter()
         client.infer("toy_tp", [tensor])
         times.append(time.perf_counter() - start)
+    client.close()  # an open keep-alive connection would hold Triton's exit
     times.sort()
     return {"p50_ms": times[n // 2] * 1e3, "p99_ms": times[int(n * 0.99) - 1] * 1e3, "n": n}
 
@@ -101,6 +104,7 @@ def throughput(port: int, threads: int = 8, per_thread: int = 50) -> float:
         tensor.set_data_from_numpy(np.ones(1024, dtype=np.float32))
         for _ in range(per_thread):
             client.infer("toy_tp", [tensor])
+        client.close()
         return per_thread
 
     start = time.perf_counter()
@@ -120,18 +124,32 @@ def rank_counts(gpus: int) -> list[int]:
     return [n for n in (1, 2, 4) if n <= gpus]
 
 
+def json_infer(port: int, values: list[float]) -> str:
+    """The raw JSON answer (no binary tensors), kept in the results for the record."""
+    body = json.dumps({"inputs": [{"name": "INPUT", "shape": [len(values)], "datatype": "FP32", "data": values}]})
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/toy_tp/infer", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read().decode()[:1000]
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}: {exc.read().decode()[:1000]}"
+
+
 def serve(n: int, rounds: int) -> dict[str, Any]:
     launcher_ready, bare_ready, _ = alternate(n, rounds, MPIRUN, EXTRA)
     with tempfile.TemporaryDirectory() as tmp:
         launch, ready = launcher_start(n, Path(tmp), EXTRA)
         try:
             values = [1.0, -2.0, 3.5]
+            raw = json_infer(launch.ports.http, values)
             answer = infer(launch.ports.http, values)
             result = {
                 "ranks": n,
                 "launcher_ready_s": launcher_ready + [ready],
                 "bare_ready_s": bare_ready,
                 "answer_ok": answer == (expected_output(values, n), n),
+                "json_answer": raw,
                 "gpus": rank_gpus(launch),
                 "latency": latency(launch.ports.http),
                 "throughput_rps": throughput(launch.ports.http),
@@ -142,8 +160,17 @@ def serve(n: int, rounds: int) -> dict[str, Any]:
             result["gpu_processes_left"] = len(gpu_holders())
         finally:
             kill_leftovers(launch)
+            shutil.copy(launch.log, OUT / f"serve-{n}.log")
     result["ratio"] = statistics.median(result["launcher_ready_s"]) / statistics.median(result["bare_ready_s"])
     return result
+
+
+def run_logged(step: Any, *args: Any) -> Any:
+    """One step; on failure keep its error next to the others instead of losing the rest."""
+    try:
+        return step(*args)
+    except Exception as exc:
+        return {"args": list(args), "error": f"{type(exc).__name__}: {exc}"}
 
 
 def preflight(n: int) -> dict[str, Any]:
@@ -208,8 +235,10 @@ def nsys_trial() -> dict[str, Any]:
     output = OUT / "nsys"
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            # nsys writes its report after SIGTERM: give it time before SIGKILL.
             launch, ready = launcher_start(2, Path(tmp), [*EXTRA, "--nsys", f"--nsys-binary={binary}",
-                                                         f"--nsys-output={output}", "--nsys-trace=cuda,nvtx"])
+                                                         f"--nsys-output={output}", "--nsys-trace=cuda,nvtx",
+                                                         "--stop-grace-period=90"])
         except Exception as exc:  # record what happened, whatever it was
             return {"nsys": binary, "error": str(exc)}
         try:
@@ -217,8 +246,9 @@ def nsys_trial() -> dict[str, Any]:
             launcher_stop(launch)
         finally:
             kill_leftovers(launch)
+            shutil.copy(launch.log, OUT / "nsys-launch.log")
     time.sleep(3)
-    files = {p.name: p.stat().st_size for p in output.glob("*")} if output.exists() else {}
+    files = {str(p.relative_to(output)): p.stat().st_size for p in output.rglob("*")} if output.exists() else {}
     return {"nsys": binary, "ready_s": ready, "files": files}
 
 
@@ -234,7 +264,7 @@ def main() -> int:
                                "cpus": psutil.cpu_count()}
     counts = args.ranks or rank_counts(gpus)
     steps = {
-        "serve": lambda: [serve(n, args.rounds) for n in counts],
+        "serve": lambda: [run_logged(serve, n, args.rounds) for n in counts],
         "preflight": lambda: [preflight(n) for n in counts if n > 1],
         "pods": lambda: two_pods() if gpus >= 4 else {"skipped": "needs 4 GPUs"},
         "nsys": nsys_trial,
@@ -256,6 +286,9 @@ def main() -> int:
 def print_summary(results: dict[str, Any]) -> None:
     print(f"\n{results['gpus']} x {results['card']}, {results['date']}")
     for s in results.get("serve", []) if isinstance(results.get("serve"), list) else []:
+        if "error" in s:
+            print(f"serve {s['args']}: {s['error']}")
+            continue
         print(f"ranks={s['ranks']}: ready launcher {statistics.median(s['launcher_ready_s']):.2f}s bare "
               f"{statistics.median(s['bare_ready_s']):.2f}s ratio {s['ratio']:.3f}; answer_ok={s['answer_ok']}; "
               f"p50 {s['latency']['p50_ms']:.2f}ms p99 {s['latency']['p99_ms']:.2f}ms; {s['throughput_rps']:.0f} req/s; "

@@ -72,6 +72,7 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes] | None, timeout_s: float
             raise AssertionError(f"launch exited with {proc.returncode} before rank 0 was ready")
         try:
             if client.is_server_ready():
+                client.close()  # Triton waits for open connections when it stops
                 return time.monotonic() - start
         except Exception:
             pass
@@ -108,6 +109,7 @@ def infer(port: int, values: list[float], protocol: str = "http", host: str = "1
     tensor = client_lib.InferInput("INPUT", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
     result = client.infer("toy_tp", [tensor])
+    client.close()
     return result.as_numpy("OUTPUT").tolist(), int(result.as_numpy("RANKS")[0])
 
 

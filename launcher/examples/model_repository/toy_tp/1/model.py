@@ -49,6 +49,9 @@ class _MpiCollective:
     def share_input(self, x):
         return x
 
+    def close(self):
+        pass
+
     def reduce_sum(self, shard):
         from mpi4py import MPI
 
@@ -96,10 +99,38 @@ class _NcclCollective:
         self.dist.broadcast(t, src=0)
         return t
 
+    def close(self):
+        self.dist.destroy_process_group()
+
     def reduce_sum(self, shard):
         self.torch.cuda.set_device(self.device)
         self.dist.all_reduce(shard)
-        return shard.cpu().numpy() if self.comm.Get_rank() == 0 else None
+        # A copy that owns its memory: the response is read after execute returns.
+        return shard.cpu().numpy().copy() if self.comm.Get_rank() == 0 else None
+
+
+# The python backend stubs of the PyPI Triton convert tensors to and from
+# numpy through an older pybind11 that misreads NumPy 2 arrays (wrong sizes,
+# wrong values). Under NumPy 2 tensors travel by DLPack, as torch tensors
+# (images with NumPy 2 have torch).
+NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
+
+def _input(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if not NUMPY_2:
+        return tensor.as_numpy()
+    from torch.utils.dlpack import from_dlpack
+
+    return from_dlpack(tensor.to_dlpack()).cpu().numpy().copy()
+
+
+def _output(name, array):
+    if not NUMPY_2:
+        return pb_utils.Tensor(name, array)
+    import torch
+
+    return pb_utils.Tensor.from_dlpack(name, torch.from_numpy(np.ascontiguousarray(array)))
 
 
 def _choose_collective(args) -> str:
@@ -159,13 +190,13 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            x = _input(request, "INPUT")
             total, contributors = self._lead(x)
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[
-                        pb_utils.Tensor("OUTPUT", np.asarray(total, dtype=np.float32)),
-                        pb_utils.Tensor("RANKS", np.array([contributors], dtype=np.int32)),
+                        _output("OUTPUT", np.asarray(total, dtype=np.float32)),
+                        _output("RANKS", np.array([contributors], dtype=np.int32)),
                     ]
                 )
             )
@@ -179,3 +210,4 @@ class TritonPythonModel:
             deadline = time.monotonic() + FINALIZE_WAIT_S
             while not all(r.test()[0] for r in requests) and time.monotonic() < deadline:
                 time.sleep(POLL_INTERVAL_S)
+        self.collective.close()

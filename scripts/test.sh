@@ -20,6 +20,9 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 # helm (v4 and v3), kubectl, hadolint and the CRD schemas for the chart tests.
 scripts/install-test-tools.sh
+# The real control plane (etcd, kube-apiserver, controller-manager, scheduler,
+# LWS, kwok) built from Go modules once, cached in .cache/cluster.
+bash cluster/build.sh
 
 .venv/bin/mypy
 exec .venv/bin/pytest -q "$@"

@@ -1,0 +1,1 @@
+"""Real Kubernetes control plane for tests (see cluster/README.md)."""

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Build (once) the real Kubernetes control plane used by tests/cluster.
+#
+# Pinned versions (mutually compatible, all build with Go 1.26):
+K8S_VERSION=v1.36.3      # kube-apiserver, kube-controller-manager, kube-scheduler
+LWS_VERSION=v0.9.0       # sigs.k8s.io/lws (built against k8s.io/* v0.36.2)
+KWOK_VERSION=v0.8.0      # sigs.k8s.io/kwok (client-go v0.36.1)
+ETCD_VERSION=v3.6.8      # go.etcd.io/etcd/server/v3 (what k8s 1.36 tests with). Not Debian's
+                         # etcd-server 3.4.23: it lacks RequestWatchProgress (3.4.31+), so every
+                         # client-go 0.36 watch-list fails and informers fall back slowly.
+#
+# Output: $CACHE/bin/<name> plus $CACHE/bin/<name>.version (the pin it was built
+# from); $CACHE/share/{lws-crds/*.yaml,lws-webhooks.yaml,kwok-stages/*.yaml}.
+# A binary whose .version matches its pin is never rebuilt. Builds run niced.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CACHE="${CLUSTER_CACHE:-$ROOT/.cache/cluster}"
+BIN="$CACHE/bin"; SRC="$CACHE/src"; SHARE="$CACHE/share"
+mkdir -p "$BIN" "$SRC" "$SHARE"
+export GOFLAGS="${GOFLAGS:--buildvcs=false}" GOTOOLCHAIN=local
+NICE="nice -n 10"
+
+fresh() { [[ -x "$BIN/$1" && "$(cat "$BIN/$1.version" 2>/dev/null)" == "$2" ]]; }
+stamp() { echo "$2" >"$BIN/$1.version"; }
+timed() { local t0=$SECONDS; "$@"; echo "build.sh: $* took $((SECONDS - t0))s" >&2; }
+modgo() { (cd "$1" && shift && $NICE go "$@"); }  # run go inside a wrapper module
+moddir() { go mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p'; }  # source of mod@version
+wrapper() {  # wrapper <dir> <module path> <version>: a module that requires the target
+  mkdir -p "$1"
+  [[ -f "$1/go.mod" ]] || printf 'module clusterbuild/%s\n\ngo 1.26.0\n' "$(basename "$1")" >"$1/go.mod"
+  modgo "$1" mod edit -require="$2@$3"
+}
+
+# --- etcd ------------------------------------------------------------------
+build_etcd() {  # a tiny main around etcdmain
+  local d="$SRC/etcd"; wrapper "$d" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+  printf 'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n' >"$d/main.go"
+  modgo "$d" mod tidy
+  modgo "$d" build -ldflags='-s -w' -o "$BIN/etcd" .
+  stamp etcd "$ETCD_VERSION"
+}
+fresh etcd "$ETCD_VERSION" || timed build_etcd
+
+# --- Kubernetes ----------------------------------------------------------
+build_k8s() {
+  local d="$SRC/kubernetes" v=${K8S_VERSION#v}; wrapper "$d" k8s.io/kubernetes "$K8S_VERSION"
+  local gomod; gomod=$(cd "$d" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  # k8s.io/kubernetes replaces each staging module with ./staging/src/...: pin v0.X.Y instead
+  local m; for m in $(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod"); do
+    modgo "$d" mod edit -replace="$m=$m@v0.${v#1.}"
+  done
+  local pkgs=() b; for b in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  modgo "$d" get "${pkgs[@]/%/@$K8S_VERSION}"
+  local major=${v%%.*} minor=${v#*.} X; minor=${minor%%.*}
+  local ld="-s -w"; for X in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $X.gitVersion=$K8S_VERSION -X $X.gitMajor=$major -X $X.gitMinor=$minor"
+    ld+=" -X $X.gitTreeState=clean -X $X.gitCommit=0000000000000000000000000000000000000000"
+    ld+=" -X $X.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  done
+  modgo "$d" build -ldflags="$ld" -o "$BIN/" "${pkgs[@]}"
+  for b in "$@"; do stamp "$b" "$K8S_VERSION"; done
+}
+todo=(); for b in kube-apiserver kube-controller-manager kube-scheduler; do
+  fresh "$b" "$K8S_VERSION" || todo+=("$b")
+done
+(( ${#todo[@]} == 0 )) || timed build_k8s "${todo[@]}"
+
+# --- LWS controller and its CRDs -------------------------------------------
+build_lws() {
+  local d="$SRC/lws"; wrapper "$d" sigs.k8s.io/lws "$LWS_VERSION"
+  modgo "$d" get "sigs.k8s.io/lws/cmd@$LWS_VERSION"
+  modgo "$d" build -ldflags='-s -w' -o "$BIN/lws-controller" sigs.k8s.io/lws/cmd
+  stamp lws-controller "$LWS_VERSION"
+}
+fresh lws-controller "$LWS_VERSION" || timed build_lws
+lwsdir=$(moddir "sigs.k8s.io/lws@$LWS_VERSION")
+mkdir -p "$SHARE/lws-crds" && cp -f "$lwsdir"/config/crd/bases/*.yaml "$SHARE/lws-crds/"
+cp -f "$lwsdir"/config/webhook/manifests.yaml "$SHARE/lws-webhooks.yaml"
+
+# --- kwok and its stage files ----------------------------------------------
+build_kwok() {
+  GOBIN="$BIN" $NICE go install -ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  stamp kwok "$KWOK_VERSION"
+}
+fresh kwok "$KWOK_VERSION" || timed build_kwok
+kwokdir=$(moddir "sigs.k8s.io/kwok@$KWOK_VERSION")
+mkdir -p "$SHARE/kwok-stages"
+cp -f "$kwokdir"/kustomize/stage/node/fast/node-initialize.yaml \
+  "$kwokdir"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+  "$kwokdir"/kustomize/stage/pod/fast/pod-*.yaml "$SHARE/kwok-stages/"
+chmod -R u+w "$SHARE"  # copies of read-only module files
+
+echo "build.sh: ready in $BIN"; (cd "$BIN" && for f in *.version; do echo "  ${f%.version}: $(cat "$f")"; done)

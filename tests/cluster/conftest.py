@@ -1,0 +1,46 @@
+"""Session fixture: a real control plane (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, LWS controller with its webhooks, one kwok per node sandbox).
+
+Binaries come from ``cluster/build.sh`` (cached under .cache/cluster). Needs root
+(network namespaces). CLUSTER_NODES sets the node count (one pod per node).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.controlplane import BIN, SYSTEM_PATH, Cluster  # the repo root is on pythonpath (pyproject)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        pytest.skip("the cluster fixture needs root (network namespaces)")
+    if not (BIN / "kube-apiserver").exists():
+        msg = f"no control-plane binaries in {BIN}: run cluster/build.sh"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    # "the image": this virtualenv's tools (mpirun, tritonserver, launcher, kubessh) come first on PATH
+    c = Cluster(tmp_path_factory.mktemp("cluster"), nodes_count=int(os.environ.get("CLUSTER_NODES", "4")),
+                path=f"{Path(sys.executable).parent}:{SYSTEM_PATH}")
+    t0 = time.monotonic()
+    c.start()
+    print(f"\ncluster up in {time.monotonic() - t0:.1f}s {c.timings} kubeconfig={c.kubeconfig}")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards with its pods."""
+    name = cluster.create_namespace()
+    yield name
+    cluster.delete_namespace(name)

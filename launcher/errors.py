@@ -25,6 +25,7 @@ class ExitCode(enum.IntEnum):
     RANK_LOST = 78  # a rank died while mpirun was still running
     GROUP_CHANGED = 79  # a pod of the group was deleted, restarted or not ready
     PREFLIGHT_FAILED = 80  # the fabric check found a rank, GPU or link at fault
+    FORBIDDEN = 81  # the API server refused the launcher's credentials or RBAC permissions
     INTERRUPTED = 130  # stopped by a signal before the launch was complete
 
 

@@ -60,21 +60,40 @@ def rank_roots(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
 
 def terminate(procs: Iterable[psutil.Process], grace_s: float,
               polite: Iterable[psutil.Process] | None = None) -> list[psutil.Process]:
-    """SIGTERM ``polite`` (default: all), wait up to ``grace_s`` for all, then SIGKILL;
-    return what survived even that."""
+    """SIGTERM ``polite`` (default: all; none for an immediate kill), wait up to
+    ``grace_s`` for all, then SIGKILL; return what survived even that."""
     procs = list(procs)
     for proc in procs if polite is None else polite:
         try:
             proc.send_signal(signal.SIGTERM)
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    alive = wait_gone(procs, grace_s)
     for proc in alive:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(alive, timeout=2.0)
+    return wait_gone(alive, 2.0)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until none of ``procs`` runs; return those still running at the deadline.
+
+    A zombie counts as gone: orphans are reaped by PID 1, which in a container
+    may take its time, and a zombie holds no GPU, port or memory."""
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if _running(p)]
     return alive
 
 

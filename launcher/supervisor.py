@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import psutil
@@ -74,6 +75,7 @@ class SupervisorOptions:
     local_ranks: int  # ranks of the launch that run on this machine
     probe_interval_s: float = 0.1  # until ready: short, it is added to time-to-ready
     serving_interval_s: float = 1.0
+    group_settle_s: float = 0.0  # after mpirun ends on its own, how long a pod change may still explain it
 
 
 def exit_code_of(returncode: int) -> int:
@@ -90,12 +92,14 @@ class Supervisor:
         rank0_ready: ReadinessProbe,
         stop: threading.Event,
         environ: dict[str, str] | None = None,
+        group_changed: Callable[[], str | None] | None = None,
     ) -> None:
         self.plan = plan
         self.options = options
         self.metrics = metrics
         self.rank0_ready = rank0_ready
         self.stop = stop
+        self.group_changed = group_changed or (lambda: None)
         self.environ = {**(os.environ if environ is None else environ), **plan.env}
         self.launch_id = plan.env["LAUNCHER_LAUNCH_ID"]
         self.ready = False
@@ -121,6 +125,7 @@ class Supervisor:
         seen_local = 0
         next_probe = started
         while True:
+            self._check_group()
             returncode = proc.poll()
             if returncode is not None:
                 return self._mpirun_exited(returncode)
@@ -174,16 +179,42 @@ class Supervisor:
                 continue
         return count
 
+    def _check_group(self) -> None:
+        reason = self.group_changed()
+        if reason is not None:
+            raise LauncherError(f"{reason}: stopping the launch so that LeaderWorkerSet recreates the group",
+                                ExitCode.GROUP_CHANGED)
+
     def _mpirun_exited(self, returncode: int) -> int:
         self.metrics.mpirun_exit_code.set(returncode)
         if self.stop.is_set():
             log.info("mpirun exited (%d) after the stop request", returncode)
             return ExitCode.OK
+        # A pod going away often ends mpirun (its daemon is lost) a moment before
+        # the pod watch tells why: give the watch a moment to name the cause.
+        settle = time.monotonic() + self.options.group_settle_s
+        while time.monotonic() < settle and not self.stop.wait(0.05):
+            self._check_group()
         if returncode == 0:
             raise LauncherError("mpirun exited on its own with status 0: the ranks ended; "
                                 "the group must be restarted", ExitCode.RANK_LOST)
         log.error("mpirun exited with status %d", returncode)
         return exit_code_of(returncode)
+
+    def _stop_gracefully(self, proc: subprocess.Popen[bytes], launched: list[psutil.Process]) -> list[psutil.Process]:
+        """SIGTERM to mpirun and, at the same moment, to the local ranks: Triton
+        drains and exits by itself, and mpirun sees its ranks end and aborts
+        the remote ones. SIGKILL whatever is left after the grace period."""
+        grace = self.options.stop_grace_s
+        begun = time.monotonic()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        survivors = procs.terminate(launched, grace, polite=procs.rank_roots(launched))
+        try:
+            proc.wait(timeout=max(0.0, grace - (time.monotonic() - begun)))
+        except subprocess.TimeoutExpired:
+            log.warning("mpirun still running after %.1fs: killing its process group", time.monotonic() - begun)
+        return survivors
 
     def _shutdown(self, proc: subprocess.Popen[bytes], graceful: bool) -> None:
         """End every process of the launch: gracefully on request, at once after a failure
@@ -191,18 +222,13 @@ class Supervisor:
         self.metrics.phases.enter("stopping")
         self.metrics.rank0_ready.set(0)
         self.rank0_ready.close()
-        grace = self.options.stop_grace_s if graceful else 0.0
         begun = time.monotonic()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        # Local ranks get SIGTERM at the same moment: Triton then drains and
-        # exits by itself, and mpirun sees its ranks end and aborts remote ones.
         launched = procs.launch_processes(self.launch_id)
-        survivors = procs.terminate(launched, grace, polite=procs.rank_roots(launched))
-        try:
-            proc.wait(timeout=max(0.0, grace - (time.monotonic() - begun)) if graceful else 1.0)
-        except subprocess.TimeoutExpired:
-            log.warning("mpirun still running after %.1fs: killing its process group", time.monotonic() - begun)
+        if graceful:
+            survivors = self._stop_gracefully(proc, launched)
+        else:
+            procs.kill_process_group(proc.pid)
+            survivors = procs.terminate(launched, 0.0, polite=[])
         procs.kill_process_group(proc.pid)
         proc.wait()
         survivors += procs.sweep(lambda: procs.launch_processes(self.launch_id), grace_s=1.0)

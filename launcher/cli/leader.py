@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,13 +11,14 @@ from .. import logs
 from ..config import LaunchConfig
 from ..discovery import static_members
 from ..errors import ConfigError
+from ..k8s import KubernetesGroup, resolve_namespace
 from ..leader import Leader
 from ..plan import Member
 from .options import GROUP, HEALTH, LOGGING, PARALLELISM, TRITON, apply, build_config
 
 HOSTS = click.option(
     "--hosts", envvar="LAUNCHER_HOSTS", show_envvar=True, default=None, metavar="POD[=ADDR],...",
-    help="Static group members in worker-index order instead of Kubernetes discovery.",
+    help="Static group members in worker-index order; unset: find the group through the Kubernetes API.",
 )
 
 
@@ -30,17 +30,25 @@ def leader(**params: Any) -> int:
     logs.setup(params["log_format"], params["verbosity"])
     config = build_config(params)
     hosts = hosts_from(params.get("hosts"), config)
-    if hosts is None:
+    if hosts is not None:
+        agent = config.rsh_agent if len(hosts) > 1 else None
+        return Leader(config, lambda _stop: hosts, agent).run()
+    group = kubernetes_group(config)
+    try:
+        agent = config.rsh_agent if config.pods > 1 else None
+        return Leader(config, group, agent, group_changed=group.changed).run()
+    finally:
+        group.close()
+
+
+def kubernetes_group(config: LaunchConfig) -> KubernetesGroup:
+    if not config.group_key:
         raise ConfigError(
-            "--hosts is not set: Kubernetes discovery is not available in this release; "
-            "pass the group's pods with --hosts pod0,pod1,... (LAUNCHER_HOSTS)"
+            "--group-key is not set: Kubernetes discovery needs this pod's LWS group key (LAUNCHER_GROUP_KEY, "
+            "from the label leaderworkerset.sigs.k8s.io/group-key), or pass static --hosts"
         )
-
-    def discover(_stop: threading.Event) -> Sequence[Member]:
-        return hosts
-
-    agent = config.rsh_agent if len(hosts) > 1 else None
-    return Leader(config, discover, agent).run()
+    namespace = resolve_namespace(config.namespace)
+    return KubernetesGroup(namespace, config.group_key, config.pods, config.discovery_timeout_s)
 
 
 def hosts_from(text: str | None, config: LaunchConfig) -> list[Member] | None:

@@ -83,6 +83,9 @@ def test_two_pods_serve_one_world(flavour: str, pods: tuple[PodNetwork, Pod, Pod
         assert tritonservers(pod0) == [] and tritonservers(pod1) == [], "ranks outlived the launch"
         assert [p.name() for p in pod1.processes() if p.name() in ("orted", "prted")] == []
         assert time.monotonic() - started < 15
+        deadline = time.monotonic() + 5  # the worker looks every 0.2 s
+        while health(pod1.address, worker_port)[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert health(pod1.address, worker_port)[0] == 503  # the worker pod asks to be restarted
     finally:
         for proc in (leader, worker):

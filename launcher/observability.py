@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from . import __version__
+from .errors import ConfigError
 
 PREFIX = "launcher"
 LEADER_PHASES = ("config", "discovery", "readiness", "preflight", "launch", "serving", "stopping", "exited")
@@ -66,7 +67,10 @@ class HealthServer:
     def __init__(self, port: int, registry: CollectorRegistry, live: Check, ready: Check,
                  host: str = "0.0.0.0") -> None:
         handler = _make_handler(registry, live, ready)
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(f"--health-port={port}: {exc.strerror}; choose a free port") from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 

@@ -40,3 +40,17 @@ def test_endpoints_follow_callbacks_and_phases() -> None:
         assert get(server.port, "/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_taken_health_port_is_a_config_error() -> None:
+    import pytest
+
+    from launcher.errors import ConfigError
+
+    metrics = LeaderMetrics()
+    first = HealthServer(0, metrics.registry, lambda: (True, ""), lambda: (True, ""), host="127.0.0.1").start()
+    try:
+        with pytest.raises(ConfigError, match=rf"--health-port={first.port}: Address already in use; choose"):
+            HealthServer(first.port, metrics.registry, lambda: (True, ""), lambda: (True, ""), host="127.0.0.1")
+    finally:
+        first.stop()

@@ -9,6 +9,7 @@ Both Open MPI flavours: 5.0 from PyPI and 4.1 from Debian.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,10 @@ def flavour_args(flavour: str) -> list[str]:
         pytest.skip("Debian's openmpi-bin (Open MPI 4.1) is not installed")
     # mpi4py's wheel would load its bundled Open MPI 5 library; point it at 4.1's.
     return [f"--mpirun={DEBIAN_MPIRUN}", f"--env=MPI4PY_LIBMPI={DEBIAN_LIBMPI}"]
+
+
+def rank_ids(pod: Pod) -> list[int]:
+    return sorted(int(re.search(r"--id=rank(\d+)", c).group(1)) for c in tritonservers(pod))  # type: ignore[union-attr]
 
 
 def tritonservers(pod: Pod) -> list[str]:
@@ -151,3 +156,27 @@ def test_unreachable_worker_is_named(pods: tuple[PodNetwork, Pod, Pod], tmp_path
                           timeout=60)
     assert done.returncode == 76, done.stderr
     assert "1 of 1 workers not reachable" in done.stderr and "ghost" in done.stderr
+
+
+def test_tutorial_shape_tp4_pp2_on_two_pods_of_four(pods: tuple[PodNetwork, Pod, Pod], tmp_path: Path) -> None:
+    """The original tutorial's topology, world 8 = tp 4 x pp 2 over two 4-GPU pods, on CPU."""
+    net, pod0, pod1 = pods
+    repo, ports = private_repo(tmp_path), Ports.free()
+    argv = [str(VENV_BIN / "launcher"), "leader", "--hosts=pod0,pod1", "--tp=4", "--pp=2", "--gpu_per_node=4",
+            f"--model-repo={repo}", "--model=toy_tp", f"--rsh-agent={AGENT}", "--stop-grace-period=5",
+            *ports.flags(), *flavour_args("ompi5")]
+    leader = pod0.run(argv, env=launch_env(**net.env()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(ports.http, leader, host=pod0.address, timeout_s=180)
+        assert rank_ids(pod0) == [0, 1, 2, 3] and rank_ids(pod1) == [4, 5, 6, 7]
+        assert infer(ports.http, [1.0, -1.0], host=pod0.address) == (expected_output([1.0, -1.0], 8), 8)
+        leader.send_signal(signal.SIGTERM)
+        assert leader.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10
+        while (tritonservers(pod0) or tritonservers(pod1)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tritonservers(pod0) == [] and tritonservers(pod1) == []
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()

@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import urllib.error
+import urllib.request
 import sys
 from pathlib import Path
 
@@ -31,3 +33,14 @@ def which_or_skip(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} not installed (run .ci/run or pip install -e '.[test]')")
     return path
+
+
+def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
+    """(status, body) of a GET; (0, "") when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 from launcher.observability import HealthServer
 from launcher.supervisor import LeaderMetrics
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+from tests.conftest import http_get as get
 
 
 def test_endpoints_follow_callbacks_and_phases() -> None:

@@ -8,21 +8,16 @@ Both Open MPI flavours: 5.0 from PyPI and 4.1 from Debian.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import VENV_BIN, free_port
+from tests.conftest import VENV_BIN, free_port, http_get
 from tests.integration.launch import Ports, expected_output, infer, launch_env, private_repo, wait_ready
 from tests.podnet import AGENT, Pod, PodNetwork
 
@@ -30,14 +25,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.sandbox]
 
 DEBIAN_MPIRUN = "/usr/bin/mpirun"
 DEBIAN_LIBMPI = "/usr/lib/x86_64-linux-gnu/libmpi.so.40"
-
-
-@pytest.fixture
-def pods() -> Iterator[tuple[PodNetwork, Pod, Pod]]:
-    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "nsenter", "ip")):
-        pytest.skip("pod sandboxes need root, unshare, nsenter and ip")
-    with PodNetwork() as net:
-        yield net, net.add_pod("pod0"), net.add_pod("pod1")
 
 
 def flavour_args(flavour: str) -> list[str]:
@@ -100,17 +87,11 @@ def test_two_pods_serve_one_world(flavour: str, pods: tuple[PodNetwork, Pod, Pod
 
 
 def health(address: str, port: int) -> tuple[int, str]:
+    """The worker agent's /healthz, waiting up to 5 s for it to listen."""
     deadline = time.monotonic() + 5
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://{address}:{port}/healthz", timeout=2) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    while (answer := http_get(port, "/healthz", host=address))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return answer
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,14 +51,6 @@ def test_local_with_failed_preflight_never_starts_triton(tmp_path: Path) -> None
     assert "preflight FAILED" in text and "rank 1 (pod localhost)" in text
     assert "tritonserver" not in " ".join(p.name() for p in launch.leftovers())
     assert "mpirun started" not in text
-
-
-@pytest.fixture
-def pods() -> Iterator[tuple[PodNetwork, Pod, Pod]]:
-    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "nsenter", "ip")):
-        pytest.skip("pod sandboxes need root, unshare, nsenter and ip")
-    with PodNetwork() as net:
-        yield net, net.add_pod("pod0"), net.add_pod("pod1")
 
 
 @pytest.mark.sandbox

@@ -8,8 +8,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,19 +15,10 @@ import psutil
 import pytest
 
 from tests.conftest import VENV_BIN, free_port
+from tests.conftest import http_get as get
 from tests.integration.launch import LocalLaunch, kill_leftovers, launch_env, start_local, wait_ready
 
 pytestmark = pytest.mark.integration
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> float:

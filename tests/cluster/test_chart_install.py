@@ -1,0 +1,240 @@
+"""The chart against the real control plane: `helm install` creates a group that LWS fills with
+pods carrying the chart's labels and LWS's, `helm upgrade` adds a group, `helm uninstall` leaves
+nothing, and two releases in one namespace select only their own pods."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from tests.chart.chart_helpers import CHART, INSTALL_HINT, TOOLS, find_tool
+from tests.chart.chart_helpers import LWS_GROUP_KEY as GROUP_KEY, LWS_NAME as NAME, LWS_WORKER_INDEX as WORKER_INDEX
+
+pytestmark = pytest.mark.cluster
+
+T = TypeVar("T")
+INSTANCE = "app.kubernetes.io/instance"
+CLAIM = "models"
+MODEL_REPO = "/var/run/models/toy/triton_model_repo"
+# Values that fit the test cluster (4 nodes of 8 "GPUs", one pod per node): a group of 2 pods.
+VALUES = {
+    "image.repository": "example.invalid/lws-triton", "image.tag": "test",
+    "tensorrtLLM.parallelism.tensor": "2", "tensorrtLLM.parallelism.pipeline": "1", "gpuPerNode": "1",
+    "resources.efa": "0", "resources.cpu": "1", "resources.memory": "1Gi", "resources.ephemeralStorage": "",
+    "shmSize": "64Mi",
+    "startup.timeoutSeconds": "120", "startup.discoveryTimeoutSeconds": "60",
+    "modelRepository.persistentVolumeClaim": CLAIM, "modelRepository.path": MODEL_REPO,
+    "service.type": "ClusterIP", "autoscaling.enabled": "false", "lws.replicas": "1",
+}
+EXPECTED_LEADER_ARGS = [
+    "leader", "--tp=2", "--pp=1", "--gpus-per-pod=1", f"--model-repo={MODEL_REPO}", "--model=tensorrt_llm",
+    "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--health-port=8080",
+    "--startup-timeout=120", "--discovery-timeout=60", "--log-format=text",
+]
+EXPECTED_WORKER_ARGS = ["worker", "--health-port=8080", "--log-format=text"]
+
+
+class Release:
+    """helm against the test cluster's apiserver, in one namespace."""
+
+    def __init__(self, binary: Path, kubeconfig: Path, namespace: str) -> None:
+        self.binary, self.kubeconfig, self.namespace = binary, kubeconfig, namespace
+
+    def helm(self, *args: str) -> str:
+        home = TOOLS / "helm-home"
+        env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+               "HELM_DATA_HOME": str(home / "data")}
+        result = subprocess.run([str(self.binary), *args, "--kubeconfig", str(self.kubeconfig),
+                                 "--namespace", self.namespace], capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+        return result.stdout
+
+    def install(self, name: str, **overrides: str) -> None:
+        self.helm("install", name, str(CHART), *set_flags({**VALUES, **overrides}))
+
+    def upgrade(self, name: str, **overrides: str) -> None:
+        self.helm("upgrade", name, str(CHART), *set_flags({**VALUES, **overrides}))
+
+    def uninstall(self, name: str) -> None:
+        self.helm("uninstall", name)
+
+    def releases(self) -> list[str]:
+        return [r["name"] for r in json.loads(self.helm("list", "--output", "json"))]
+
+
+STRING_VALUES = {"image.tag", "resources.ephemeralStorage"}
+
+
+def set_flags(values: dict[str, str]) -> list[str]:
+    return [flag for key, value in values.items()
+            for flag in ("--set-string" if key in STRING_VALUES else "--set", f"{key}={value}")]
+
+
+def wait(what: str, check: Callable[[], T | None], now: Callable[[], Any], timeout: float = 60) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; now: {now()!r}")
+
+
+def release_pods(core: client.CoreV1Api, ns: str, release: str) -> list[client.V1Pod]:
+    pods = core.list_namespaced_pod(ns, label_selector=f"{INSTANCE}={release}").items
+    return sorted((p for p in pods if p.metadata.deletion_timestamp is None),
+                  key=lambda p: (p.metadata.labels.get("leaderworkerset.sigs.k8s.io/group-index", ""),
+                                 int(p.metadata.labels.get(WORKER_INDEX, "-1"))))
+
+
+def running(core: client.CoreV1Api, ns: str, release: str, count: int) -> list[client.V1Pod] | None:
+    pods = release_pods(core, ns, release)
+    ok = len(pods) == count and all(p.status.phase == "Running" and p.status.pod_ip for p in pods)
+    return pods if ok else None
+
+
+def describe(core: client.CoreV1Api, ns: str) -> list[tuple[str, str, str, list[str]]]:
+    return [(p.metadata.name, p.status.phase, str((p.metadata.labels or {}).get(INSTANCE)),
+             [f"{c.type}={c.status} {c.message or ''}" for c in p.status.conditions or []])
+            for p in core.list_namespaced_pod(ns).items]
+
+
+def provide_claim(core: client.CoreV1Api, ns: str) -> str:
+    """The model-repository claim the chart mounts, bound to a PV of this test (no provisioner here)."""
+    pv = f"models-{ns}"
+    core.create_persistent_volume({
+        "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/tmp/{pv}"}}})
+    core.create_namespaced_persistent_volume_claim(ns, {
+        "metadata": {"name": CLAIM},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                 "resources": {"requests": {"storage": "1Gi"}}}})
+    wait("the model claim to bind", lambda: core.read_namespaced_persistent_volume_claim(CLAIM, ns).status.phase
+         == "Bound", lambda: core.read_namespaced_persistent_volume_claim(CLAIM, ns).status)
+    return pv
+
+
+@pytest.fixture
+def helm_in(cluster: Any, namespace: str) -> Iterator[Release]:
+    binary = find_tool("helm", "HELM")
+    if binary is None:
+        pytest.skip(f"helm not found: {INSTALL_HINT}")
+    core = client.CoreV1Api(cluster.api)
+    pv = provide_claim(core, namespace)
+    yield Release(binary, cluster.kubeconfig, namespace)
+    core.delete_persistent_volume(pv)
+
+
+def test_install_creates_a_group_with_the_charts_labels_env_and_args(cluster: Any, helm_in: Release) -> None:
+    ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
+    helm_in.install("alpha")
+    lws = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+        "leaderworkerset.x-k8s.io", "v1", ns, "leaderworkersets", "alpha-lws-triton")
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2 and lws["spec"]["replicas"] == 1
+
+    leader, worker = wait("leader and worker Running", lambda: running(core, ns, "alpha", 2),
+                          lambda: describe(core, ns))
+    assert (leader.metadata.name, worker.metadata.name) == ("alpha-lws-triton-0", "alpha-lws-triton-0-1")
+    key = leader.metadata.labels[GROUP_KEY]
+    for pod, role, index in ((leader, "leader", "0"), (worker, "worker", "1")):
+        labels = pod.metadata.labels
+        assert {k: labels.get(k) for k in ("app.kubernetes.io/name", INSTANCE, "app.kubernetes.io/component",
+                                           NAME, WORKER_INDEX)} == {
+            "app.kubernetes.io/name": "lws-triton", INSTANCE: "alpha", "app.kubernetes.io/component": role,
+            NAME: "alpha-lws-triton", WORKER_INDEX: index}
+        assert labels[GROUP_KEY] == key
+        env = cluster.pod_env(ns, pod.metadata.name)
+        assert env["LWS_GROUP_SIZE"] == "2" and env["LWS_WORKER_INDEX"] == index
+        assert pod.spec.service_account_name == "alpha-lws-triton"
+        assert pod.spec.containers[0].command == ["launcher"]
+    assert leader.spec.containers[0].args == EXPECTED_LEADER_ARGS
+    assert worker.spec.containers[0].args == EXPECTED_WORKER_ARGS
+    leader_env = cluster.pod_env(ns, leader.metadata.name)
+    assert (leader_env["LAUNCHER_GROUP_KEY"], leader_env["LAUNCHER_NAMESPACE"]) == (key, ns)
+    assert_args_parse_as_the_group(leader.spec.containers[0].args[1:], leader_env, key, ns)
+
+
+def assert_args_parse_as_the_group(argv: list[str], env: dict[str, str], key: str, ns: str) -> None:
+    """The live leader's arguments and environment mean this group to the launcher's own CLI."""
+    from launcher.cli import parse_leader_args
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith(("LAUNCHER_", "LWS_"))]:
+            patch.delenv(name)
+        for name, value in env.items():
+            if name.startswith(("LAUNCHER_", "LWS_")):
+                patch.setenv(name, value)
+        config = parse_leader_args(argv)
+    assert (config.tp, config.pp, config.gpus_per_pod, config.group_size) == (2, 1, 1, 2)
+    assert (config.group_key, config.namespace, str(config.model_repo)) == (key, ns, MODEL_REPO)
+
+
+def test_upgrade_to_two_replicas_creates_a_second_group(cluster: Any, helm_in: Release) -> None:
+    ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
+    helm_in.install("alpha")
+    first = wait("the first group", lambda: running(core, ns, "alpha", 2), lambda: describe(core, ns))
+    helm_in.upgrade("alpha", **{"lws.replicas": "2"})
+    pods = wait("two groups (4 pods)", lambda: running(core, ns, "alpha", 4), lambda: describe(core, ns))
+    assert sorted(p.metadata.name for p in pods) == [
+        "alpha-lws-triton-0", "alpha-lws-triton-0-1", "alpha-lws-triton-1", "alpha-lws-triton-1-1"]
+    groups: dict[str, list[str]] = {}
+    for pod in pods:
+        groups.setdefault(pod.metadata.labels[GROUP_KEY], []).append(pod.metadata.labels[WORKER_INDEX])
+    assert sorted(sorted(indices) for indices in groups.values()) == [["0", "1"], ["0", "1"]]
+    assert {p.metadata.uid for p in first} <= {p.metadata.uid for p in pods}  # the first group kept running
+
+
+def leftovers(api: client.ApiClient, ns: str, release: str) -> list[str]:
+    """Everything of ``release`` still in ``ns``: its labelled objects, LWS's pods, StatefulSets and
+    headless Service, and helm's release record."""
+    selector = f"{INSTANCE}={release}"
+    core, rbac, apps = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.AppsV1Api(api)
+    lws = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "leaderworkerset.x-k8s.io", "v1", ns, "leaderworkersets")["items"]
+    found = [f"LeaderWorkerSet/{o['metadata']['name']}" for o in lws]
+    for kind, items in (("Pod", core.list_namespaced_pod(ns).items),
+                        ("StatefulSet", apps.list_namespaced_stateful_set(ns).items),
+                        ("Service", core.list_namespaced_service(ns).items),
+                        ("ServiceAccount", core.list_namespaced_service_account(ns, label_selector=selector).items),
+                        ("Role", rbac.list_namespaced_role(ns).items),
+                        ("RoleBinding", rbac.list_namespaced_role_binding(ns).items),
+                        ("Secret", core.list_namespaced_secret(ns, label_selector=f"owner=helm,name={release}").items)):
+        found += [f"{kind}/{o.metadata.name}" for o in items]
+    return found
+
+
+def test_uninstall_leaves_nothing_of_the_release(cluster: Any, helm_in: Release) -> None:
+    ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
+    helm_in.install("alpha")
+    wait("the group", lambda: running(core, ns, "alpha", 2), lambda: describe(core, ns))
+    before = leftovers(cluster.api, ns, "alpha")
+    for kind in ("LeaderWorkerSet", "Pod", "StatefulSet", "Service", "ServiceAccount", "Role", "RoleBinding",
+                 "Secret"):
+        assert any(item.startswith(f"{kind}/") for item in before), (kind, before)  # what must go was there
+
+    helm_in.uninstall("alpha")
+    wait("nothing of the release left", lambda: not leftovers(cluster.api, ns, "alpha") or None,
+         lambda: leftovers(cluster.api, ns, "alpha"), timeout=60)
+    assert helm_in.releases() == []
+
+
+def test_two_releases_select_only_their_own_leader_pods(cluster: Any, helm_in: Release) -> None:
+    ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
+    for release in ("alpha", "beta"):
+        helm_in.install(release)
+    for release in ("alpha", "beta"):
+        wait(f"{release}'s group", lambda: running(core, ns, release, 2), lambda: describe(core, ns))
+
+    for release in ("alpha", "beta"):
+        service = core.read_namespaced_service(f"{release}-lws-triton-api", ns)
+        selector = ",".join(f"{k}={v}" for k, v in sorted(service.spec.selector.items()))
+        selected = [p.metadata.name for p in core.list_namespaced_pod(ns, label_selector=selector).items]
+        assert selected == [f"{release}-lws-triton-0"], (release, selector, selected)

@@ -1,19 +1,97 @@
-"""``kubessh <pod> <command...>``: placeholder entry point.
-
-The exec-through-the-API implementation lands with Kubernetes discovery; until
-then it refuses to run, loudly and non-zero, so mpirun never hangs on it.
-"""
+"""``kubessh [options] POD COMMAND...``: mpirun's remote-launch agent (see kubessh.args.USAGE)."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from typing import Any
+
+from kubessh.args import Request, parse
+from kubessh.errors import Exit, KubesshError
+
+GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
+PROBE_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_group(pod: dict[str, Any], request: Request) -> None:
+    """Only pods of this LWS group: the agent holds exec rights on the whole namespace."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if request.group_key is not None and labels.get(GROUP_KEY) != request.group_key:
+        raise KubesshError(f"refusing pod {request.pod}: its {GROUP_KEY} label is "
+                           f"{labels.get(GROUP_KEY)!r}, not this group's {request.group_key!r}", Exit.REFUSED)
+
+
+def check_running(pod: dict[str, Any], name: str) -> None:
+    phase = (pod.get("status") or {}).get("phase")
+    if phase != "Running":
+        raise KubesshError(f"pod {name} is {phase or 'without a phase'}, not Running")
+
+
+def first_container(pod: dict[str, Any], name: str) -> str:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    if not containers:
+        raise KubesshError(f"pod {name} has no containers", Exit.NO_POD)
+    return str(containers[0]["name"])
+
+
+def detach_mode() -> str:
+    """KUBESSH_DETACH=never keeps MPI daemons on the exec stream (debugging only: see README)."""
+    mode = os.environ.get("KUBESSH_DETACH", "auto")
+    if mode not in ("auto", "never"):
+        raise KubesshError(f"KUBESSH_DETACH={mode!r}: use auto (the default) or never", Exit.USAGE)
+    return mode
+
+
+def seconds(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise KubesshError(f"{name}={os.environ[name]!r}: not a number of seconds", Exit.USAGE) from None
+
+
+def remote_command(request: Request) -> tuple[list[str], bool, float | None]:
+    """What to exec, whether local stdin goes with it, and the deadline (probes only)."""
+    from kubessh.remote import is_daemon_launch, remote_argv
+
+    if request.probe:
+        return ["sh", "-c", "true"], False, time.monotonic() + PROBE_TIMEOUT_S
+    detach = is_daemon_launch(request.words) and detach_mode() == "auto"
+    return remote_argv(request.words, detach, seconds("KUBESSH_DETACH_CONFIRM_S", 0.5)), not detach, None
+
+
+def run(request: Request) -> int:
+    if request.group_key is None and not request.any_pod:
+        raise KubesshError("no group key (set LAUNCHER_GROUP_KEY or --group-key, or pass --any-pod): "
+                           f"refusing to exec into {request.pod}", Exit.REFUSED)
+    from kubessh import api, server, wsexec
+
+    argv, stdin, deadline = remote_command(request)
+    endpoint = server.load(os.environ)
+    namespace = request.namespace or endpoint.namespace
+    if not namespace:
+        raise KubesshError("no namespace: set LAUNCHER_NAMESPACE or --namespace", Exit.USAGE)
+    pod = api.retrying(lambda: api.get_pod(endpoint, namespace, request.pod))
+    check_group(pod, request)
+    check_running(pod, request.pod)
+    container = request.container or first_container(pod, request.pod)
+    url = wsexec.exec_url(endpoint, namespace, request.pod, container, argv, stdin)
+    ws = api.retrying(lambda: wsexec.connect(endpoint, namespace, request.pod, url, CONNECT_TIMEOUT_S))
+    return wsexec.Session(ws).wait(0 if stdin else None, deadline)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    print(f"kubessh: not available in this release (asked to run in {args[:1]}); "
-          "use the launcher's --hosts with another --rsh-agent", file=sys.stderr)
-    return 69
+    try:
+        return run(parse(sys.argv[1:] if argv is None else argv, os.environ))
+    except KubesshError as exc:
+        if exc.code == Exit.OK:  # --help
+            print(exc)
+        else:
+            print(f"kubessh: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

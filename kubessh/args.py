@@ -1,0 +1,83 @@
+"""The command line, as mpirun and the leader write it, and the environment that completes it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from kubessh.errors import Exit, KubesshError
+
+USAGE = """\
+usage: kubessh [options] [ssh options] POD COMMAND...
+       kubessh --probe [options] POD
+
+Runs COMMAND (words joined, through sh -c) in POD through the Kubernetes API,
+like ssh: stdio streamed, the remote exit status returned. MPI daemon
+launches (orted, prted) are started detached and kubessh returns once they run.
+
+  --namespace NS     pod namespace (env LAUNCHER_NAMESPACE; else the service account's)
+  --container NAME   container (env KUBESSH_CONTAINER; else the pod's first)
+  --group-key KEY    LWS group key the pod must carry (env LAUNCHER_GROUP_KEY)
+  --any-pod          allow any pod when no group key is known
+  --probe            exit 0 iff exec into POD works
+ssh options before POD (-x, -o X, -p N, ...) are accepted and ignored.
+Environment: KUBESSH_DETACH=auto|never (never: daemons stay on the exec
+stream), KUBESSH_DETACH_CONFIRM_S (0.5: how long a detached daemon must live),
+KUBESSH_RETRY_S (20: budget for retrying 429/5xx/refused before anything ran).
+
+exit status: the remote command's; 250 usage, 252 forbidden (RBAC), 253 pod not
+in this group, 254 no such pod, 255 API or exec failure."""
+
+_VALUED = {"--namespace": "namespace", "--container": "container", "--group-key": "group_key"}
+_SSH_VALUED = set("BbcDEeFIiJLlmOopQRSWw")
+
+
+@dataclass(frozen=True)
+class Request:
+    pod: str
+    words: tuple[str, ...] = ()
+    namespace: str | None = None
+    container: str | None = None
+    group_key: str | None = None
+    any_pod: bool = False
+    probe: bool = False
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
+    """Options up to the first plain word (the pod, ``user@`` dropped); the rest is the command."""
+    values: dict[str, str] = {}
+    flags: set[str] = set()
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        word = argv[i]
+        i += 1
+        if word == "--":
+            break
+        name, eq, value = word.partition("=")
+        if name in _VALUED:
+            if not eq:
+                if i >= len(argv):
+                    raise KubesshError(f"{name} needs a value (see kubessh --help)", Exit.USAGE)
+                value, i = argv[i], i + 1
+            values[_VALUED[name]] = value
+        elif word in ("--any-pod", "--probe", "--help", "-h"):
+            flags.add(word)
+        elif word.startswith("--"):
+            raise KubesshError(f"unknown option {word} (see kubessh --help)", Exit.USAGE)
+        elif len(word) == 2 and word[1] in _SSH_VALUED:
+            i += 1  # an ssh option with a value: skip both
+    if flags & {"--help", "-h"}:
+        raise KubesshError(USAGE, Exit.OK)
+    if i >= len(argv):
+        raise KubesshError("no pod given (see kubessh --help)", Exit.USAGE)
+    pod, words = argv[i].rpartition("@")[2], tuple(argv[i + 1:])
+    if words and "--probe" in flags:
+        raise KubesshError(f"--probe takes no command (it runs 'true' in {pod})", Exit.USAGE)
+    if not words and "--probe" not in flags:
+        raise KubesshError(f"no command for {pod} (kubessh opens no interactive shell)", Exit.USAGE)
+    return Request(
+        pod=pod, words=words, probe="--probe" in flags, any_pod="--any-pod" in flags,
+        namespace=values.get("namespace") or environ.get("LAUNCHER_NAMESPACE") or None,
+        container=values.get("container") or environ.get("KUBESSH_CONTAINER") or None,
+        group_key=values.get("group_key") or environ.get("LAUNCHER_GROUP_KEY") or None,
+    )

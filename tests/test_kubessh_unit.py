@@ -1,0 +1,292 @@
+"""kubessh without a cluster: command line, remote command, exit status, API errors, retries, detach script."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubessh import api, cli, remote, server, wsexec
+from kubessh.args import Request, parse
+from kubessh.errors import Exit, KubesshError, Transient
+
+ENV = {"LAUNCHER_GROUP_KEY": "k1", "LAUNCHER_NAMESPACE": "ns1"}
+
+
+def test_pod_and_words_after_ssh_options() -> None:
+    req = parse(["-x", "-o", "BatchMode=yes", "-p", "22", "root@pod-1", "orted", "-mca", "'a b'"], {})
+    assert req == Request(pod="pod-1", words=("orted", "-mca", "'a b'"))
+
+
+def test_flags_beat_environment() -> None:
+    req = parse(["--namespace=ns2", "--container", "c", "--group-key", "k2", "pod", "true"],
+                {**ENV, "KUBESSH_CONTAINER": "env-c"})
+    assert (req.namespace, req.container, req.group_key) == ("ns2", "c", "k2")
+    req = parse(["pod", "true"], {**ENV, "KUBESSH_CONTAINER": "env-c"})
+    assert (req.namespace, req.container, req.group_key) == ("ns1", "env-c", "k1")
+
+
+def test_probe_and_any_pod() -> None:
+    assert parse(["--probe", "--any-pod", "pod"], {}) == Request(pod="pod", probe=True, any_pod=True)
+
+
+@pytest.mark.parametrize("argv", [[], ["-x"], ["pod"], ["--probe", "pod", "true"], ["--bogus", "pod", "true"],
+                                  ["--namespace"]])
+def test_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(KubesshError) as err:
+        parse(argv, {})
+    assert err.value.code == Exit.USAGE
+
+
+def test_words_are_joined_not_requoted() -> None:
+    assert remote.remote_argv(["echo", "'a  b'", '"c"'], detach=False) == ["sh", "-c", "echo 'a  b' \"c\""]
+
+
+@pytest.mark.parametrize(("words", "daemon"), [
+    (["PRTE_PREFIX=/x;", "export", "PRTE_PREFIX;", "/opt/bin/prted", "--prtemca", "ess", "env"], True),
+    (["orted", "-mca", "ess", "\"env\""], True),
+    (["true"], False),
+    (["echo", "shorted"], False),
+    (["python", "prted.py"], False),
+])
+def test_daemon_launches_are_recognised(words: list[str], daemon: bool) -> None:
+    assert remote.is_daemon_launch(words) is daemon
+
+
+def test_detached_argv_passes_the_command_as_an_argument() -> None:
+    argv = remote.remote_argv(["orted", "'x y'"], detach=True, detach_confirm_s=0.3)
+    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["kubessh", "orted 'x y'", "3"]
+
+
+def run_detach_script(command: str, tmp_path: Path, tmpdir: Path | None = None
+                      ) -> tuple[subprocess.CompletedProcess[str], float]:
+    t0 = time.monotonic()
+    argv = remote.remote_argv([command], detach=True, detach_confirm_s=0.3)
+    env = {"PATH": os.environ["PATH"], "TMPDIR": str(tmpdir or tmp_path)}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env)
+    return done, time.monotonic() - t0
+
+
+def test_detach_script_returns_while_the_daemon_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "alive"
+    done, took = run_detach_script(f"sleep 1; touch {marker} # orted", tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "") and took < 1
+    assert not marker.exists()
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the detached command did not go on running"
+        time.sleep(0.05)
+
+
+def test_detach_script_reports_an_early_exit_with_the_log(tmp_path: Path) -> None:
+    done, _ = run_detach_script("echo no such option >&2; exit 3 # prted", tmp_path)
+    assert done.returncode == 3 and done.stdout == ""
+    assert "exited with status 3" in done.stderr and "no such option" in done.stderr
+
+
+def test_detach_script_fails_when_it_cannot_keep_a_log(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    done, _ = run_detach_script(f"touch {marker} # orted", tmp_path, tmpdir=tmp_path / "missing")
+    assert done.returncode == 255 and "the daemon was not started" in done.stderr
+    time.sleep(0.3)
+    assert not marker.exists()
+
+
+def test_detach_script_accepts_a_daemon_that_daemonizes(tmp_path: Path) -> None:
+    done, _ = run_detach_script("exit 0 # orted", tmp_path)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    ({"status": "Success"}, 0),
+    ({"status": "Failure", "reason": "NonZeroExitCode",
+      "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}, "message": "command terminated"}, 7),
+    ({"status": "Failure", "reason": "InternalError", "code": 500,
+      "message": "Internal error occurred: command 'sh -c exit 9': exit status 9"}, 9),
+])
+def test_exit_status_from_the_error_channel(status: dict[str, Any], code: int) -> None:
+    assert remote.exit_status(status) == code
+
+
+def test_a_failure_without_exit_status_is_an_error() -> None:
+    with pytest.raises(KubesshError) as err:
+        remote.exit_status({"status": "Failure", "message": "error dialing backend"})
+    assert err.value.code == Exit.UNREACHABLE and "error dialing backend" in str(err.value)
+
+
+RBAC_DENIAL = json.dumps({"kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden", "message": (
+    'pods "w" is forbidden: User "system:serviceaccount:ns:sa" cannot get resource "pods" in API group "" '
+    'in the namespace "ns"')})
+
+
+def test_forbidden_names_verb_resource_and_user() -> None:
+    err = api.http_error(403, RBAC_DENIAL, namespace="ns", pod="w", verb="create", resource="pods/exec")
+    assert err.code == Exit.FORBIDDEN
+    assert str(err).startswith("forbidden: cannot get pods in namespace ns as system:serviceaccount:ns:sa (")
+
+
+def test_forbidden_without_details_keeps_the_guess_and_the_token_user() -> None:
+    body = json.dumps({"message": 'pods "w" is forbidden: '})
+    err = api.http_error(403, body, namespace="ns", pod="w", verb="create", resource="pods/exec", user="me")
+    assert str(err).startswith("forbidden: cannot create pods/exec in namespace ns as me (")
+
+
+@pytest.mark.parametrize(("status", "kind", "code"), [
+    (404, KubesshError, Exit.NO_POD), (401, KubesshError, Exit.UNREACHABLE), (400, KubesshError, Exit.UNREACHABLE),
+    (429, Transient, Exit.UNREACHABLE), (503, Transient, Exit.UNREACHABLE)])
+def test_http_errors(status: int, kind: type[KubesshError], code: Exit) -> None:
+    err = api.http_error(status, "oops", namespace="ns", pod="w", verb="get", resource="pods")
+    assert type(err) is kind and err.code == code
+
+
+def test_retrying_retries_transient_failures_only() -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise Transient("503")
+        return "ok"
+    assert api.retrying(flaky, budget_s=5) == "ok" and len(calls) == 3
+
+    def forbidden() -> str:
+        calls.append(1)
+        raise KubesshError("no", Exit.FORBIDDEN)
+    calls.clear()
+    with pytest.raises(KubesshError):
+        api.retrying(forbidden, budget_s=5)
+    assert len(calls) == 1
+
+
+def test_a_denial_is_retried_briefly_then_reported_as_it_is() -> None:
+    calls: list[int] = []
+
+    def denied() -> None:
+        calls.append(1)
+        raise api.http_error(403, RBAC_DENIAL, namespace="ns", pod="w", verb="get", resource="pods")
+    t0 = time.monotonic()
+    with pytest.raises(KubesshError) as err:
+        api.retrying(denied, budget_s=20)
+    assert type(err.value) is KubesshError and err.value.code == Exit.FORBIDDEN
+    assert str(err.value).startswith("forbidden: cannot get pods") and len(calls) > 1
+    assert time.monotonic() - t0 <= api.FORBIDDEN_GRACE_S + 0.5
+
+
+def test_retrying_gives_up_within_its_budget() -> None:
+    def down() -> None:
+        raise Transient("connection refused")
+    t0 = time.monotonic()
+    with pytest.raises(KubesshError) as err:
+        api.retrying(down, budget_s=0.5)
+    assert type(err.value) is KubesshError and "gave up" in str(err.value) and time.monotonic() - t0 < 1.5
+
+
+def token(sub: str) -> str:
+    payload = base64.urlsafe_b64encode(json.dumps({"sub": sub}).encode()).decode().rstrip("=")
+    return f"e30.{payload}.sig"
+
+
+def test_in_cluster_settings(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(token("system:serviceaccount:ns:sa") + "\n")
+    (tmp_path / "namespace").write_text("ns")
+    env = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}
+    found = server.in_cluster(env, tmp_path)
+    assert found is not None and found.url == "https://[fd00::1]:443" and found.namespace == "ns"
+    assert found.user() == "system:serviceaccount:ns:sa"
+    assert server.in_cluster({}, tmp_path) is None
+    assert server.ApiServer(url="https://x", token="opaque").user() is None
+
+
+def pod(labels: dict[str, str], phase: str = "Running") -> dict[str, Any]:
+    return {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "main"}, {"name": "side"}]},
+            "status": {"phase": phase}}
+
+
+def test_only_pods_of_this_group() -> None:
+    cli.check_group(pod({cli.GROUP_KEY: "k1"}), Request(pod="p", group_key="k1"))
+    for labels in ({cli.GROUP_KEY: "k2"}, {}):
+        with pytest.raises(KubesshError) as err:
+            cli.check_group(pod(labels), Request(pod="p", group_key="k1"))
+        assert err.value.code == Exit.REFUSED
+
+
+def test_no_group_key_is_refused_before_any_api_call(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAUNCHER_GROUP_KEY", raising=False)
+    assert cli.main(["pod", "true"]) == Exit.REFUSED
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_first_container_and_phase() -> None:
+    assert cli.first_container(pod({}), "p") == "main"
+    with pytest.raises(KubesshError):
+        cli.check_running(pod({}, "Pending"), "p")
+
+
+class FakeSocket:
+    """Frames as the API server sends them on an exec websocket."""
+
+    def __init__(self, frames: list[bytes], protocol: str = "v5.channel.k8s.io") -> None:
+        self.frames, self.protocol = list(frames), protocol
+        self.sent: list[bytes] = []
+
+    def getsubprotocol(self) -> str:
+        return self.protocol
+
+    def settimeout(self, timeout: float | None) -> None:
+        pass
+
+    def recv_data(self) -> tuple[int, bytes]:
+        import websocket
+        if not self.frames:
+            raise websocket.WebSocketConnectionClosedException("closed")
+        return websocket.ABNF.OPCODE_BINARY, self.frames.pop(0)
+
+    def send_binary(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self, timeout: float) -> None:
+        pass
+
+
+def test_session_streams_output_and_returns_the_status(capfd: pytest.CaptureFixture[str]) -> None:
+    failure = {"status": "Failure", "details": {"causes": [{"reason": "ExitCode", "message": "4"}]}}
+    ws = FakeSocket([b"\x01", b"\x01out\n", b"\x02err\n", b"\x03" + json.dumps(failure).encode()])
+    assert wsexec.Session(ws).wait(None) == 4  # type: ignore[arg-type]
+    assert capfd.readouterr() == ("out\n", "err\n")
+
+
+def test_session_without_a_status_is_a_failure(tmp_path: Path) -> None:
+    with pytest.raises(KubesshError) as err:
+        wsexec.Session(FakeSocket([b"\x01partial"])).wait(None)  # type: ignore[arg-type]
+    assert err.value.code == Exit.UNREACHABLE and "without an exit status" in str(err.value)
+
+
+def test_session_sends_stdin_then_closes_it_on_v5(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(b"data")
+    ws = FakeSocket([])
+    with open(source, "rb") as f:
+        session = wsexec.Session(ws)  # type: ignore[arg-type]
+        session._pump_stdin(f.fileno())
+    assert ws.sent == [b"\x00data", b"\xff\x00"]
+
+
+def test_exec_url_carries_every_word() -> None:
+    url = wsexec.exec_url(server.ApiServer(url="https://10.0.0.1:6443"), "ns", "p", "c", ["sh", "-c", "a 'b c'"], True)
+    assert url.startswith("wss://10.0.0.1:6443/api/v1/namespaces/ns/pods/p/exec?command=sh&command=-c&command=a+")
+    assert "container=c" in url and "stdin=true" in url
+
+
+def test_session_on_v4_cannot_close_stdin(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(b"data")
+    ws = FakeSocket([], protocol="v4.channel.k8s.io")
+    with open(source, "rb") as f:
+        wsexec.Session(ws)._pump_stdin(f.fileno())  # type: ignore[arg-type]
+    assert ws.sent == [b"\x00data"]

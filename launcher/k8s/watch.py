@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from typing import Any
 
 from ..errors import ExitCode, LauncherError
@@ -22,6 +23,10 @@ log = logging.getLogger("launcher.k8s")
 
 WATCH_SECONDS = 60  # server-side end of one watch request; it is resumed at once
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+# 401/403 is final once it lasts this long: briefly at first (a missing Role is reported at once), longer
+# once the API has answered these credentials (an apiserver just restarted denies until its caches fill).
+DENIED_S = 1.0
+DENIED_AFTER_SUCCESS_S = 15.0
 
 
 def kube(module: str) -> Any:
@@ -47,6 +52,8 @@ def load_api_client() -> Any:
                 f"no Kubernetes credentials: not in a pod ({exc}); run in the pod or set KUBECONFIG",
                 ExitCode.CONFIG_INVALID,
             ) from None
+    # urllib3 logs a warning for each of its own quick retries; the watch loop reports and backs off itself
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     return client.ApiClient()
 
 
@@ -122,20 +129,31 @@ class PodWatch:
         core = client.CoreV1Api(self._api_client)
         failures = 0
         version: str | None = None
+        served, denied_since = False, None  # a restarting apiserver denies everyone until its caches fill
         while not self._closed.is_set():
             try:
                 if version is None:
                     version = self._list(core)
+                    served, denied_since = True, None
+                begun = time.monotonic()
                 version = self._watch(core, version)
-                failures = 0
+                denied_since = None
+                if time.monotonic() - begun < 1.0:  # ended at once: do not hammer a struggling apiserver
+                    failures = self._backoff(failures, "the watch ended at once")
+                else:
+                    failures = 0
             except Gone:
                 log.info("pod watch: resourceVersion %s expired; listing again", version)
                 version = None
             except client.ApiException as exc:
                 if exc.status in (401, 403):
-                    self._publish(error=access_error(exc.status, "list" if version is None else "watch",
-                                                     self.namespace))
-                    return
+                    denied_since = denied_since or time.monotonic()
+                    if time.monotonic() - denied_since >= (DENIED_AFTER_SUCCESS_S if served else DENIED_S):
+                        self._publish(error=access_error(exc.status, "list" if version is None else "watch",
+                                                         self.namespace))
+                        return
+                else:
+                    denied_since = None
                 failures = self._backoff(failures, f"API error {exc.status} {exc.reason}")
                 if exc.status == 410:
                     version = None

@@ -1,0 +1,225 @@
+"""``launcher leader`` as the leader pod's process on the real control plane, end to end.
+
+LWS creates the pods -> the launcher discovers them through the API with the pod's own token under the
+chart's Role -> probes the worker through the agent -> mpirun starts one toy-model rank per pod -> a
+request to rank 0 at the leader's pod IP needs both ranks. Two agents carry mpirun's remote starts:
+``kubessh`` (exec through the API, the product) and ``pod-rsh`` (nsenter into the pod's sandbox, the
+agent of tests/integration), so the Kubernetes side is proven even while kubessh is being written.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from kubernetes import client
+
+from launcher.errors import ExitCode
+from tests.cluster.lws import apply_lws, grant_launcher_role, lws, pods_of, wait_group
+from tests.conftest import REPO, VENV_BIN
+from tests.integration.launch import expected_output, infer, private_repo, wait_ready
+
+pytestmark = pytest.mark.cluster
+
+DEBIAN_MPIRUN = "/usr/bin/mpirun"
+DEBIAN_LIBMPI = "/usr/lib/x86_64-linux-gnu/libmpi.so.40"
+POD_RSH = REPO / "tests" / "agents" / "pod-rsh"
+GROUP_CHANGED_TARGET_S = 3.0
+
+
+def kubessh_missing() -> str | None:
+    """Why kubessh cannot carry a launch yet, or None once it can."""
+    path = shutil.which("kubessh", path=str(VENV_BIN))
+    if path is None:
+        return "kubessh is not installed in the virtualenv"
+    done = subprocess.run([path, "--probe", "nonexistent-pod"], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "LAUNCHER_GROUP_KEY": "none", "LAUNCHER_NAMESPACE": "none"})
+    if "not available in this release" in done.stderr:
+        return "kubessh is still the placeholder (exec through the API not implemented yet)"
+    return None
+
+
+def pod_rsh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Flags for pod-rsh, with a PODNET_DIR where each pod's sandbox process is written (write_pod_pids)."""
+    podnet = tmp_path / "podnet"
+    podnet.mkdir()
+    monkeypatch.setenv("PODNET_DIR", str(podnet))
+    return [f"--rsh-agent={POD_RSH}"]
+
+
+@pytest.fixture(params=["pod-rsh", "kubessh"])
+def agent(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    if request.param == "kubessh":
+        why = kubessh_missing()
+        if why:
+            pytest.skip(why)
+        return ["--rsh-agent=kubessh"]
+    return pod_rsh(tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=["ompi5", "ompi4"])
+def mpi(request: pytest.FixtureRequest) -> list[str]:
+    if request.param == "ompi5":
+        return []
+    if not Path(DEBIAN_MPIRUN).exists():
+        pytest.skip("Debian's Open MPI 4.1 is not installed")
+    return [f"--mpirun={DEBIAN_MPIRUN}", f"--env=MPI4PY_LIBMPI={DEBIAN_LIBMPI}"]
+
+
+class Launch:
+    def __init__(self, cluster: Any, ns: str, name: str, pods: list[client.V1Pod], proc: subprocess.Popen[str],
+                 log: Path) -> None:
+        self.cluster, self.ns, self.name, self.pods, self.proc, self.log = cluster, ns, name, pods, proc, log
+
+    @property
+    def leader_ip(self) -> str:
+        return str(self.pods[0].status.pod_ip)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def write_pod_pids(cluster: Any, ns: str, pods: list[client.V1Pod]) -> None:
+    """pod-rsh finds each pod's sandbox by name, through $PODNET_DIR/<pod>.pid."""
+    podnet = os.environ.get("PODNET_DIR")
+    if podnet:
+        for pod in pods:
+            (Path(podnet) / f"{pod.metadata.name}.pid").write_text(str(cluster.sandbox_of(ns, pod.metadata.name).pid))
+
+
+def start(cluster: Any, ns: str, tmp_path: Path, agent: list[str], mpi: list[str], name: str = "e2e",
+          manifest: dict[str, Any] | None = None, discovery_timeout_s: int = 60) -> Launch:
+    grant_launcher_role(cluster.api, ns)
+    apply_lws(cluster.api, ns, manifest or lws(name, 2))
+    if manifest is None:
+        pods = wait_group(cluster.api, ns, name, 2)
+        write_pod_pids(cluster, ns, pods)
+    else:  # the worker may wait: start on the leader alone
+        deadline = time.monotonic() + 60
+        while not (pods := [p for p in pods_of(cluster.api, ns, name) if p.status.phase == "Running"]):
+            assert time.monotonic() < deadline, "the leader pod never ran"
+            time.sleep(0.1)
+    podnet = os.environ.get("PODNET_DIR")
+    repo = private_repo(tmp_path)
+    argv = [str(VENV_BIN / "launcher"), "leader", "--tp=2", "--gpus-per-pod=1", f"--model-repo={repo}",
+            "--model=toy_tp", "--stop-grace-period=5", f"--discovery-timeout={discovery_timeout_s}", *agent, *mpi]
+    log = tmp_path / "leader.log"
+    extra = {"PODNET_DIR": podnet} if podnet else {}
+    with log.open("w") as out:
+        proc = cluster.popen_in_pod(ns, pods[0].metadata.name, argv, env=extra, stdout=out,
+                                    stderr=subprocess.STDOUT, text=True, cwd="/")
+    return Launch(cluster, ns, name, pods, proc, log)
+
+
+def stop(launch: Launch) -> int:
+    if launch.proc.poll() is None:
+        launch.proc.terminate()
+    try:
+        return launch.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        launch.proc.kill()
+        return launch.proc.wait()
+
+
+def serve_and_answer(launch: Launch) -> None:
+    try:
+        wait_ready(8000, None, timeout_s=120, host=launch.leader_ip)
+    except AssertionError:
+        raise AssertionError(f"not serving; leader log:\n{launch.output()}") from None
+    assert infer(8000, [1.0, 2.0, 3.0], host=launch.leader_ip) == (expected_output([1.0, 2.0, 3.0], 2), 2)
+
+
+def test_leader_discovers_launches_through_the_agent_and_serves(cluster: Any, namespace: str, tmp_path: Path,
+                                                                agent: list[str], mpi: list[str],
+                                                                request: pytest.FixtureRequest) -> None:
+    if "--rsh-agent=kubessh" in agent and mpi:
+        # Seen: the worker's rank loaded Open MPI 5's libmpi (btl components self/ofi/sm, not 4.1's vader)
+        # although MPI4PY_LIBMPI is forwarded with -x; rank 0's 4.1 tcp BTL then cannot reach it
+        # ("At least one pair of MPI processes are unable to reach each other", MPI_ERR_INTERN).
+        # pod-rsh works because its daemon inherits mpirun's whole environment; kubessh's gets kwok's.
+        request.applymarker(pytest.mark.xfail(
+            reason="kubessh + Open MPI 4.1: the worker rank does not see MPI4PY_LIBMPI (open finding)", strict=False))
+    launch = start(cluster, namespace, tmp_path, agent, mpi)
+    try:
+        serve_and_answer(launch)
+        worker = launch.pods[1].metadata.name
+        assert any(psutil.Process(pid).name() == "tritonserver"
+                   for pid in cluster.sandbox_of(namespace, worker).pids()), "no rank in the worker pod"
+        # mpirun got pod names it cannot resolve (no cluster DNS; a pod knows only its own name): it
+        # needs none, since each daemon dials back to the leader's address.
+        leader_sandbox = cluster.sandbox_of(namespace, launch.pods[0].metadata.name)
+        assert subprocess.run(leader_sandbox.command(["getent", "hosts", worker])).returncode != 0
+    finally:
+        code = stop(launch)
+    log = launch.output()
+    assert "discovery: 2/2 pods running: e2e-0=" in log and "mpirun started" in log, log
+    assert code == 0, log
+
+
+def test_worker_pod_deleted_ends_the_leader_with_group_changed(cluster: Any, namespace: str, tmp_path: Path,
+                                                               agent: list[str]) -> None:
+    launch = start(cluster, namespace, tmp_path, agent, [])
+    try:
+        serve_and_answer(launch)
+        worker = launch.pods[1].metadata.name
+        begun = time.monotonic()
+        client.CoreV1Api(cluster.api).delete_namespaced_pod(worker, namespace)
+        code = launch.proc.wait(timeout=30)
+        took = time.monotonic() - begun
+    finally:
+        stop(launch)
+    log = launch.output()
+    assert code == ExitCode.GROUP_CHANGED, log
+    # which of these the watch shows first depends on how fast the deletion and LWS's replacement land
+    assert any(f"pod {worker} (worker 1) {what}" in log for what in ("is terminating", "was deleted", "was replaced")), log
+    assert took <= GROUP_CHANGED_TARGET_S, f"leader exited {took:.2f}s after the delete\n{log}"
+    # LWS recreates the whole group (the leader pod too)
+    old = {p.metadata.uid for p in launch.pods}
+    wait_group(cluster.api, namespace, launch.name, 2, timeout=60, not_uids=old)
+
+
+def test_apiserver_restart_during_discovery_and_the_group_still_comes_up(
+        cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One agent only: each apiserver restart lengthens the scheduler's re-watch backoff for later tests.
+    agent = ["--rsh-agent=kubessh"] if kubessh_missing() is None else pod_rsh(tmp_path, monkeypatch)
+    node = cluster.nodes[-1].name
+    manifest = lws("late", 2, worker={"nodeSelector": {"launcher-e2e": "yes"}}, leader={})
+    # the scheduler and kwok re-watch after the restart with client-go's backoff: seen to take over 60 s
+    launch = start(cluster, namespace, tmp_path, agent, [], name="late", manifest=manifest, discovery_timeout_s=240)
+    core = client.CoreV1Api(cluster.api)
+    try:
+        time.sleep(2.0)  # the launcher is watching its group, one pod short
+        cluster.restart("kube-apiserver", down_s=1)
+        core.patch_node(node, {"metadata": {"labels": {"launcher-e2e": "yes"}}})
+        launch.pods = wait_group(cluster.api, namespace, "late", 2, timeout=240)
+        write_pod_pids(cluster, namespace, launch.pods)
+        serve_and_answer(launch)
+    finally:
+        core.patch_node(node, {"metadata": {"labels": {"launcher-e2e": None}}})
+        code = stop(launch)
+    log = launch.output()
+    assert "discovery: 1/2 pods running (worker 1: Pending (Unschedulable: " in log, log
+    assert "pod watch interrupted" in log, log
+    assert code == 0, log
+
+
+def test_leader_without_group_key_says_so_in_one_line(cluster: Any, namespace: str, tmp_path: Path) -> None:
+    apply_lws(cluster.api, namespace, lws("nokey", 1))
+    pod = wait_group(cluster.api, namespace, "nokey", 1)[0].metadata.name
+    proc = cluster.popen_in_pod(
+        namespace, pod, [str(VENV_BIN / "launcher"), "leader", f"--model-repo={private_repo(tmp_path)}",
+                         "--model=toy_tp"], env={"LAUNCHER_GROUP_KEY": ""},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.CONFIG_INVALID, err
+    assert "error: --group-key is not set: Kubernetes discovery needs" in err.strip().splitlines()[-1], err
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))

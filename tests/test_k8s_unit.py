@@ -1,0 +1,166 @@
+"""Kubernetes discovery and supervision logic without a cluster: pod narrowing, group evaluation,
+change detection, and the Supervisor's group check (with a plain process for mpirun)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from launcher.errors import ConfigError, ExitCode, LauncherError
+from launcher.k8s import GROUP_KEY_LABEL, WORKER_INDEX_LABEL, KubernetesGroup, resolve_namespace
+from launcher.k8s.pods import PodState, change_of, members_if_complete, pod_state, running_count
+from launcher.k8s.watch import access_error
+from launcher.plan import LaunchPlan, Member, MpiFlavor, Rank
+from launcher.supervisor import LeaderMetrics, Supervisor, SupervisorOptions
+
+
+def v1pod(name: str, index: str | None, phase: str | None = "Running", ip: str | None = "10.0.0.1",
+          uid: str = "u1", deleting: bool = False, restarts: int = 0, ready: bool = True,
+          conditions: list[client.V1PodCondition] | None = None,
+          waiting: client.V1ContainerStateWaiting | None = None) -> client.V1Pod:
+    labels = {GROUP_KEY_LABEL: "k"} | ({WORKER_INDEX_LABEL: index} if index is not None else {})
+    statuses = [client.V1ContainerStatus(
+        name="main", image="i", image_id="", ready=ready, restart_count=restarts,
+        state=client.V1ContainerState(waiting=waiting))]
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, uid=uid, labels=labels,
+                                     deletion_timestamp="2026-01-01T00:00:00Z" if deleting else None),
+        status=client.V1PodStatus(phase=phase, pod_ip=ip, conditions=conditions, container_statuses=statuses))
+
+
+def state(name: str, index: int | None, phase: str = "Running", ip: str = "10.0.0.1", uid: str = "u1",
+          terminating: bool = False, restarts: int = 0, ready: bool = True, reason: str = "") -> PodState:
+    return PodState(name, uid, index, phase, ip, terminating, restarts, ready, reason)
+
+
+def test_pod_state_narrows_optional_fields() -> None:
+    bare = client.V1Pod(metadata=client.V1ObjectMeta(name="p"))
+    assert pod_state(bare) == state("p", None, phase="Pending", ip="", uid="", ready=False)
+    assert pod_state(v1pod("w", "2", restarts=3, uid="x")) == state("w", 2, uid="x", restarts=3)
+    assert pod_state(v1pod("w", "two")).worker_index is None
+    assert pod_state(v1pod("w", "1", deleting=True)).terminating
+
+
+def test_reason_prefers_unschedulable_then_waiting_container() -> None:
+    unschedulable = client.V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable",
+                                          message="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")
+    pod = pod_state(v1pod("w", "1", phase="Pending", ip=None, conditions=[unschedulable]))
+    assert pod.describe() == "Pending (Unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu.)"
+    pulling = client.V1ContainerStateWaiting(reason="ImagePullBackOff", message="back-off pulling")
+    assert pod_state(v1pod("w", "1", phase="Pending", ip=None, waiting=pulling)).reason == \
+        "ImagePullBackOff: back-off pulling"
+
+
+def test_members_in_integer_worker_index_order_once_all_run() -> None:
+    pods = [state(f"g-0-{i}" if i else "g-0", i, ip=f"10.0.0.{i}") for i in (10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9)]
+    members, missing = members_if_complete(pods, 11)
+    assert missing == [] and members is not None
+    assert [m.worker_index for m in members] == list(range(11))
+    assert members[10] == Member("g-0-10", "10.0.0.10", 10)
+
+
+def test_missing_workers_are_named_with_phase_and_reason() -> None:
+    pods = [state("g-0", 0), state("g-0-1", 1, phase="Pending", ip="", reason="Unschedulable: no gpu"),
+            state("g-0-3", 3, terminating=True), state("g-0-4", 4, ip="")]
+    members, missing = members_if_complete(pods, 5)
+    assert members is None
+    assert missing == ["worker 1: Pending (Unschedulable: no gpu)", "worker 2: no pod yet",
+                       "worker 3: Terminating", "worker 4: Running without a pod IP"]
+    assert running_count(pods, 5) == 1
+
+
+def test_replacement_wins_over_the_terminating_pod_and_out_of_range_indexes_are_ignored() -> None:
+    pods = [state("g-0", 0), state("old", 1, terminating=True, ip="10.0.0.8"), state("new", 1, ip="10.0.0.9"),
+            state("stray", 7), state("nolabel", None)]
+    members, _ = members_if_complete(pods, 2)
+    assert members == [Member("g-0", "10.0.0.1", 0), Member("new", "10.0.0.9", 1)]
+
+
+def test_change_of_a_worker_pod() -> None:
+    base = state("w", 1, uid="a", restarts=1)
+    assert change_of(base, base) is None
+    assert change_of(base, None) == "pod w (worker 1) was deleted"
+    assert change_of(base, dataclasses.replace(base, uid="b")) == "pod w (worker 1) was replaced (new uid b)"
+    assert change_of(base, dataclasses.replace(base, terminating=True)) == "pod w (worker 1) is terminating"
+    assert change_of(base, dataclasses.replace(base, phase="Failed")) == "pod w (worker 1) is Failed"
+    assert change_of(base, dataclasses.replace(base, restarts=2)) == "pod w (worker 1) restarted (restarts 1 -> 2)"
+
+
+def test_access_errors_name_verb_and_resource() -> None:
+    error = access_error(403, "watch", "ns1")
+    assert error.exit_code == ExitCode.FORBIDDEN == 81
+    assert str(error).startswith("forbidden: cannot watch pods in namespace ns1; the launcher's Role needs "
+                                 "get/list/watch on pods")
+    assert access_error(401, "list", "ns1").exit_code == ExitCode.FORBIDDEN
+
+
+def test_namespace_from_flag_else_service_account_file(tmp_path: Path) -> None:
+    sa = tmp_path / "namespace"
+    assert resolve_namespace("given", sa) == "given"
+    with pytest.raises(ConfigError, match="--namespace is not set"):
+        resolve_namespace(None, sa)
+    sa.write_text("from-sa\n")
+    assert resolve_namespace(None, sa) == "from-sa"
+
+
+def test_changed_is_none_before_discovery() -> None:
+    assert KubernetesGroup("ns", "k", 2, 1.0).changed() is None
+
+
+def plan_running(*argv: str) -> LaunchPlan:
+    ranks = (Rank(0, "p0", "a0", 0, ("x",)), Rank(1, "p1", "a1", 0, ("x",)))
+    return LaunchPlan(MpiFlavor(5, 0), ("p0:1", "p1:1"), ranks, argv, {"LAUNCHER_LAUNCH_ID": "unit-k8s"}, ())
+
+
+class NeverReady:
+    def __call__(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def supervise(group_changed: object, argv: tuple[str, ...]) -> tuple[int | None, LauncherError | None, float]:
+    options = SupervisorOptions(startup_timeout_s=30, stop_grace_s=1, local_ranks=0, group_settle_s=1.0)
+    supervisor = Supervisor(plan_running(*argv), options, LeaderMetrics(), NeverReady(), threading.Event(),
+                            group_changed=group_changed)  # type: ignore[arg-type]
+    begun = time.monotonic()
+    try:
+        return supervisor.run(), None, time.monotonic() - begun
+    except LauncherError as exc:
+        return None, exc, time.monotonic() - begun
+
+
+def test_supervisor_stops_the_launch_when_the_group_changes() -> None:
+    calls = []
+
+    def changed() -> str | None:
+        calls.append(time.monotonic())
+        return "pod w (worker 1) was deleted" if len(calls) > 3 else None
+
+    code, error, took = supervise(changed, (sys.executable, "-c", "import time; time.sleep(30)"))
+    assert code is None and error is not None and took < 3
+    assert error.exit_code == ExitCode.GROUP_CHANGED
+    assert str(error) == "pod w (worker 1) was deleted: stopping the launch so that LeaderWorkerSet recreates the group"
+
+
+def test_a_pod_change_seen_just_after_mpirun_fails_names_the_cause() -> None:
+    seen: list[float] = []
+
+    def changed() -> str | None:
+        seen.append(time.monotonic())
+        return "pod w (worker 1) is terminating" if len(seen) > 2 else None
+
+    code, error, _ = supervise(changed, (sys.executable, "-c", "raise SystemExit(1)"))
+    assert error is not None and error.exit_code == ExitCode.GROUP_CHANGED, code
+
+
+def test_mpirun_failure_without_a_pod_change_keeps_its_status() -> None:
+    code, error, took = supervise(lambda: None, (sys.executable, "-c", "raise SystemExit(3)"))
+    assert (code, error) == (3, None) and took >= 1.0

@@ -189,6 +189,16 @@ def forwarded_names(config: LaunchConfig, environ: Mapping[str, str]) -> tuple[s
     return tuple(sorted(names))
 
 
+def agent_env(config: LaunchConfig) -> dict[str, str]:
+    """What the agent (kubessh) reads from mpirun's environment: the group it may enter."""
+    env = {}
+    if config.group_key:
+        env["LAUNCHER_GROUP_KEY"] = config.group_key
+    if config.namespace:
+        env["LAUNCHER_NAMESPACE"] = config.namespace
+    return env
+
+
 def _mpirun_options(flavor: MpiFlavor, agent: str | None, is_root: bool) -> list[str]:
     options = ["--allow-run-as-root"] if is_root else []
     options += ["--bind-to", "none", "--map-by", "slot"]
@@ -245,7 +255,7 @@ def build_plan(
         if i:
             argv.append(":")
         argv += ["-n", "1", *rank.argv]
-    env = {**config.extra_env, LAUNCH_ID_ENV: launch_id}
+    env = {**config.extra_env, **agent_env(config), LAUNCH_ID_ENV: launch_id}
     return LaunchPlan(flavor, hosts, ranks, tuple(argv), env, forwarded)
 
 

@@ -178,3 +178,10 @@ def test_text_plan_shows_table_and_command() -> None:
     assert "3     grp-0-1  1    model tensorrt_llm" in text
     assert "server http:8000 grpc:8001 metrics:8002" in text
     assert text.count("\\\n  : -n 1 tritonserver") == 3
+
+
+def test_agent_learns_the_group_from_mpiruns_environment() -> None:
+    config = LaunchConfig(tp=2, gpus_per_pod=1, group_key="abc123", namespace="serving")
+    plan = build_plan(config, lws_members("x", 0, 2), V5, triton=TritonCommand(), environ={}, launch_id="i",
+                      is_root=False, agent="kubessh")
+    assert plan.env["LAUNCHER_GROUP_KEY"] == "abc123" and plan.env["LAUNCHER_NAMESPACE"] == "serving"

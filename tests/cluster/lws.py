@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kubernetes import client
 
@@ -78,3 +79,17 @@ def wait_group(api: client.ApiClient, ns: str, name: str, size: int, timeout: fl
 
 def group_key(pod: client.V1Pod) -> str:
     return str(pod.metadata.labels[GROUP_KEY])
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], now: Callable[[], Any], timeout: float = 60) -> T:
+    """The first truthy result of ``check``; on timeout, fail saying what was awaited and ``now()``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; now: {now()!r}")

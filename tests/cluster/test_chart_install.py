@@ -6,20 +6,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
 
 from tests.chart.chart_helpers import CHART, INSTALL_HINT, TOOLS, find_tool
 from tests.chart.chart_helpers import LWS_GROUP_KEY as GROUP_KEY, LWS_NAME as NAME, LWS_WORKER_INDEX as WORKER_INDEX
+from tests.cluster.lws import wait_for
 
 pytestmark = pytest.mark.cluster
 
-T = TypeVar("T")
 INSTANCE = "app.kubernetes.io/instance"
 CLAIM = "models"
 MODEL_REPO = "/var/run/models/toy/triton_model_repo"
@@ -77,16 +76,6 @@ def set_flags(values: dict[str, str]) -> list[str]:
             for flag in ("--set-string" if key in STRING_VALUES else "--set", f"{key}={value}")]
 
 
-def wait(what: str, check: Callable[[], T | None], now: Callable[[], Any], timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; now: {now()!r}")
-
-
 def release_pods(core: client.CoreV1Api, ns: str, release: str) -> list[client.V1Pod]:
     pods = core.list_namespaced_pod(ns, label_selector=f"{INSTANCE}={release}").items
     return sorted((p for p in pods if p.metadata.deletion_timestamp is None),
@@ -117,7 +106,7 @@ def provide_claim(core: client.CoreV1Api, ns: str) -> str:
         "metadata": {"name": CLAIM},
         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
                  "resources": {"requests": {"storage": "1Gi"}}}})
-    wait("the model claim to bind", lambda: core.read_namespaced_persistent_volume_claim(CLAIM, ns).status.phase
+    wait_for("the model claim to bind", lambda: core.read_namespaced_persistent_volume_claim(CLAIM, ns).status.phase
          == "Bound", lambda: core.read_namespaced_persistent_volume_claim(CLAIM, ns).status)
     return pv
 
@@ -140,7 +129,7 @@ def test_install_creates_a_group_with_the_charts_labels_env_and_args(cluster: An
         "leaderworkerset.x-k8s.io", "v1", ns, "leaderworkersets", "alpha-lws-triton")
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2 and lws["spec"]["replicas"] == 1
 
-    leader, worker = wait("leader and worker Running", lambda: running(core, ns, "alpha", 2),
+    leader, worker = wait_for("leader and worker Running", lambda: running(core, ns, "alpha", 2),
                           lambda: describe(core, ns))
     assert (leader.metadata.name, worker.metadata.name) == ("alpha-lws-triton-0", "alpha-lws-triton-0-1")
     key = leader.metadata.labels[GROUP_KEY]
@@ -180,9 +169,9 @@ def assert_args_parse_as_the_group(argv: list[str], env: dict[str, str], key: st
 def test_upgrade_to_two_replicas_creates_a_second_group(cluster: Any, helm_in: Release) -> None:
     ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
     helm_in.install("alpha")
-    first = wait("the first group", lambda: running(core, ns, "alpha", 2), lambda: describe(core, ns))
+    first = wait_for("the first group", lambda: running(core, ns, "alpha", 2), lambda: describe(core, ns))
     helm_in.upgrade("alpha", **{"lws.replicas": "2"})
-    pods = wait("two groups (4 pods)", lambda: running(core, ns, "alpha", 4), lambda: describe(core, ns))
+    pods = wait_for("two groups (4 pods)", lambda: running(core, ns, "alpha", 4), lambda: describe(core, ns))
     assert sorted(p.metadata.name for p in pods) == [
         "alpha-lws-triton-0", "alpha-lws-triton-0-1", "alpha-lws-triton-1", "alpha-lws-triton-1-1"]
     groups: dict[str, list[str]] = {}
@@ -214,14 +203,14 @@ def leftovers(api: client.ApiClient, ns: str, release: str) -> list[str]:
 def test_uninstall_leaves_nothing_of_the_release(cluster: Any, helm_in: Release) -> None:
     ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
     helm_in.install("alpha")
-    wait("the group", lambda: running(core, ns, "alpha", 2), lambda: describe(core, ns))
+    wait_for("the group", lambda: running(core, ns, "alpha", 2), lambda: describe(core, ns))
     before = leftovers(cluster.api, ns, "alpha")
     for kind in ("LeaderWorkerSet", "Pod", "StatefulSet", "Service", "ServiceAccount", "Role", "RoleBinding",
                  "Secret"):
         assert any(item.startswith(f"{kind}/") for item in before), (kind, before)  # what must go was there
 
     helm_in.uninstall("alpha")
-    wait("nothing of the release left", lambda: not leftovers(cluster.api, ns, "alpha") or None,
+    wait_for("nothing of the release left", lambda: not leftovers(cluster.api, ns, "alpha") or None,
          lambda: leftovers(cluster.api, ns, "alpha"), timeout=60)
     assert helm_in.releases() == []
 
@@ -231,7 +220,7 @@ def test_two_releases_select_only_their_own_leader_pods(cluster: Any, helm_in: R
     for release in ("alpha", "beta"):
         helm_in.install(release)
     for release in ("alpha", "beta"):
-        wait(f"{release}'s group", lambda: running(core, ns, release, 2), lambda: describe(core, ns))
+        wait_for(f"{release}'s group", lambda: running(core, ns, release, 2), lambda: describe(core, ns))
 
     for release in ("alpha", "beta"):
         service = core.read_namespaced_service(f"{release}-lws-triton-api", ns)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.stream import stream
+
+from tests.cluster.lws import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -24,16 +25,6 @@ def lws(name: str, size: int = 2) -> dict[str, Any]:
         "spec": {"replicas": 1, "leaderWorkerTemplate": {
             "size": size, "workerTemplate": {"spec": {"containers": [container]}}}},
     }
-
-
-def wait(what: str, fn: Any, state: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = fn()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; now: {state()!r}")
 
 
 def running_group(core: client.CoreV1Api, ns: str, name: str, size: int) -> list[client.V1Pod] | None:
@@ -69,7 +60,7 @@ def group(cluster: Any, namespace: str) -> list[client.V1Pod]:
     client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
         "leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets", lws("smoke"))
     core = client.CoreV1Api(cluster.api)
-    return wait("leader and worker Running", lambda: running_group(core, namespace, "smoke", 2),  # type: ignore[no-any-return]
+    return wait_for("leader and worker Running", lambda: running_group(core, namespace, "smoke", 2),  # type: ignore[no-any-return]
                 lambda: describe(core, namespace))
 
 
@@ -137,7 +128,7 @@ def test_deleting_worker_pod_recreates_the_group(cluster: Any, namespace: str, g
     def recreated() -> list[client.V1Pod] | None:
         pods = running_group(core, namespace, "smoke", 2)
         return pods if pods and all(old[p.metadata.name] != p.metadata.uid for p in pods) else None
-    new = wait("a new leader and worker", recreated, lambda: describe(core, namespace))
+    new = wait_for("a new leader and worker", recreated, lambda: describe(core, namespace))
     assert [p.metadata.name for p in new] == list(old)
 
 
@@ -146,7 +137,7 @@ def test_cluster_keeps_working_after_an_apiserver_restart(cluster: Any, namespac
     core = client.CoreV1Api(cluster.api)
     client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
         "leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets", lws("again"))
-    pods = wait("a group after the restart", lambda: running_group(core, namespace, "again", 2),
+    pods = wait_for("a group after the restart", lambda: running_group(core, namespace, "again", 2),
                 lambda: describe(core, namespace))
     rc, out, err = pod_exec(cluster.api, namespace, pods[1].metadata.name, ["hostname"])
     assert (rc, out) == (0, "again-0-1\n"), err

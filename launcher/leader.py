@@ -25,8 +25,8 @@ from .errors import ExitCode, LauncherError, MissingExecutableError
 from .model_repository import check_engine, check_model_repository
 from .observability import HealthServer
 from .preflight.check import PreflightResult, format_result, rank_program, run_preflight, summary_line
-from .signals import install_stop_handlers
 from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, build_plan, parse_mpirun_version
+from .signals import install_stop_handlers
 from .supervisor import LeaderMetrics, Supervisor, SupervisorOptions
 from .tritonbin import find_tritonserver
 

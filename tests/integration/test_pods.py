@@ -93,6 +93,18 @@ def health(address: str, port: int) -> tuple[int, str]:
     return answer
 
 
+def test_unreachable_worker_is_named(pods: tuple[PodNetwork, Pod, Pod], tmp_path: Path) -> None:
+    net, pod0, _ = pods
+    repo, ports = private_repo(tmp_path), Ports.free()
+    argv = [str(VENV_BIN / "launcher"), "leader", "--hosts=pod0,ghost", "--tp=2", "--gpus-per-pod=1",
+            f"--model-repo={repo}", "--model=toy_tp", f"--rsh-agent={AGENT}", "--discovery-timeout=2",
+            *ports.flags()]
+    done = subprocess.run(pod0.exec_argv(argv), env=launch_env(**net.env()), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 76, done.stderr
+    assert "1 of 1 workers not reachable" in done.stderr and "ghost" in done.stderr
+
+
 def test_tutorial_shape_tp4_pp2_on_two_pods_of_four(pods: tuple[PodNetwork, Pod, Pod], tmp_path: Path) -> None:
     """The original tutorial's topology, world 8 = tp 4 x pp 2 over two 4-GPU pods, on CPU."""
     net, pod0, pod1 = pods

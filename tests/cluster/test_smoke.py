@@ -137,8 +137,11 @@ def test_cluster_keeps_working_after_an_apiserver_restart(cluster: Any, namespac
     core = client.CoreV1Api(cluster.api)
     client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
         "leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets", lws("again"))
+    # After several apiserver restarts in one session (other cluster tests
+    # restart it too) kube-scheduler's watches back off; it was seen to take
+    # over 60 s to schedule again on this 2-core machine.
     pods = wait_for("a group after the restart", lambda: running_group(core, namespace, "again", 2),
-                lambda: describe(core, namespace))
+                    lambda: describe(core, namespace), timeout=240)
     rc, out, err = pod_exec(cluster.api, namespace, pods[1].metadata.name, ["hostname"])
     assert (rc, out) == (0, "again-0-1\n"), err
     cluster.check()  # every component survived

@@ -248,13 +248,17 @@ def build_plan(
     hosts = tuple(f"{m.pod}:{g}" for m in ordered)
     forwarded = forwarded_names(config, environ) + tuple(sorted(config.extra_env)) + (LAUNCH_ID_ENV,)
     forwarded = tuple(dict.fromkeys(forwarded))
-    argv: list[str] = [config.mpirun, *_mpirun_options(flavor, agent, is_root), "--host", ",".join(hosts)]
-    for name in forwarded:
-        argv += ["-x", name]
+    exports = [word for name in forwarded for word in ("-x", name)]
+    # Open MPI 4.1 scopes -x to the app context it is given in: given once, it
+    # would reach rank 0 alone (remote daemons do not inherit mpirun's
+    # environment), so there each context carries its own. 5.x applies it to all.
+    global_exports, context_exports = (exports, []) if flavor.is_v5 else ([], exports)
+    argv: list[str] = [config.mpirun, *_mpirun_options(flavor, agent, is_root), "--host", ",".join(hosts),
+                       *global_exports]
     for i, rank in enumerate(ranks):
         if i:
             argv.append(":")
-        argv += ["-n", "1", *rank.argv]
+        argv += [*context_exports, "-n", "1", *rank.argv]
     env = {**config.extra_env, **agent_env(config), LAUNCH_ID_ENV: launch_id}
     return LaunchPlan(flavor, hosts, ranks, tuple(argv), env, forwarded)
 

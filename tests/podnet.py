@@ -44,6 +44,10 @@ mpirun started inside the leader pod with ``--host pod0:2,pod1:2 -np 4``):
   mpirun it silently keeps using the 5.0 library (and still runs, since PMIx
   talks across versions) unless ranks get
   ``MPI4PY_LIBMPI=/usr/lib/x86_64-linux-gnu/libmpi.so.40``.
+- The agent ``tests/agents/pod-rsh`` starts the remote shell with a clean
+  environment (PATH, HOME and the pod's own variables), as ssh and an exec
+  through the API do: whatever a remote rank needs from mpirun's environment
+  must be forwarded with -x.
 
 Usage::
 

@@ -139,6 +139,28 @@ def test_forwarded_environment() -> None:
     assert plan.env == {"MY_FLAG": "1", LAUNCH_ID_ENV: "abc"}
 
 
+def exported(context: list[str]) -> list[str]:
+    return [context[i + 1] for i, a in enumerate(context) if a == "-x"]
+
+
+def test_open_mpi_41_exports_in_every_app_context() -> None:
+    # 4.1 applies -x only to the app context it appears in (checked against Debian's mpirun 4.1.4):
+    # a single global -x left every remote rank without the forwarded variables.
+    config, plan = plan_for(3, 2, V4, extra_env={"MY_FLAG": "1"})
+    contexts = app_contexts(plan.argv)
+    assert len(contexts) == 6
+    for context in contexts:
+        assert exported(context) == ["MY_FLAG", LAUNCH_ID_ENV]
+        assert context.index("-x", context.index("--host") if "--host" in context else 0) < context.index("-n")
+
+
+def test_open_mpi_5_exports_once_for_all_contexts() -> None:
+    config, plan = plan_for(3, 2, V5, extra_env={"MY_FLAG": "1"})
+    contexts = app_contexts(plan.argv)
+    assert exported(contexts[0]) == ["MY_FLAG", LAUNCH_ID_ENV]
+    assert all(exported(context) == [] for context in contexts[1:])
+
+
 def test_nsys_wraps_every_rank() -> None:
     nsys = NsysConfig(enabled=True, binary="/opt/nsys/bin/nsys", output_dir="/out/", trace="cuda,nvtx")
     _, plan = plan_for(1, 2, V5, nsys=nsys)
@@ -177,7 +199,7 @@ def test_text_plan_shows_table_and_command() -> None:
     assert "RANK  POD      GPU  ROLE" in text
     assert "3     grp-0-1  1    model tensorrt_llm" in text
     assert "server http:8000 grpc:8001 metrics:8002" in text
-    assert text.count("\\\n  : -n 1 tritonserver") == 3
+    assert text.count(f"\\\n  : -x {LAUNCH_ID_ENV} -n 1 tritonserver") == 3
 
 
 def test_agent_learns_the_group_from_mpiruns_environment() -> None:

@@ -21,6 +21,7 @@ import pytest
 from kubernetes import client
 
 from launcher.errors import ExitCode
+from launcher.plan import LAUNCH_ID_ENV
 from tests.cluster.lws import apply_lws, grant_launcher_role, lws, pods_of, wait_group
 from tests.conftest import REPO, VENV_BIN
 from tests.integration.launch import expected_output, infer, private_repo, wait_ready
@@ -136,21 +137,17 @@ def serve_and_answer(launch: Launch) -> None:
 
 
 def test_leader_discovers_launches_through_the_agent_and_serves(cluster: Any, namespace: str, tmp_path: Path,
-                                                                agent: list[str], mpi: list[str],
-                                                                request: pytest.FixtureRequest) -> None:
-    if "--rsh-agent=kubessh" in agent and mpi:
-        # Seen: the worker's rank loaded Open MPI 5's libmpi (btl components self/ofi/sm, not 4.1's vader)
-        # although MPI4PY_LIBMPI is forwarded with -x; rank 0's 4.1 tcp BTL then cannot reach it
-        # ("At least one pair of MPI processes are unable to reach each other", MPI_ERR_INTERN).
-        # pod-rsh works because its daemon inherits mpirun's whole environment; kubessh's gets kwok's.
-        request.applymarker(pytest.mark.xfail(
-            reason="kubessh + Open MPI 4.1: the worker rank does not see MPI4PY_LIBMPI (open finding)", strict=False))
+                                                                agent: list[str], mpi: list[str]) -> None:
     launch = start(cluster, namespace, tmp_path, agent, mpi)
     try:
         serve_and_answer(launch)
         worker = launch.pods[1].metadata.name
-        assert any(psutil.Process(pid).name() == "tritonserver"
-                   for pid in cluster.sandbox_of(namespace, worker).pids()), "no rank in the worker pod"
+        ranks = [p for p in map(psutil.Process, cluster.sandbox_of(namespace, worker).pids())
+                 if p.name() == "tritonserver"]
+        assert ranks, "no rank in the worker pod"
+        # The worker agent and the stop sweep find ranks by the launch id: the agent's shell did not
+        # inherit it from mpirun, so it must have come through -x.
+        assert LAUNCH_ID_ENV in ranks[0].environ(), ranks[0].environ()
         # mpirun got pod names it cannot resolve (no cluster DNS; a pod knows only its own name): it
         # needs none, since each daemon dials back to the leader's address.
         leader_sandbox = cluster.sandbox_of(namespace, launch.pods[0].metadata.name)

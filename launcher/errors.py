@@ -22,7 +22,7 @@ class ExitCode(enum.IntEnum):
     DISCOVERY_TIMEOUT = 75  # the group's pods did not all appear in time
     WORKERS_UNREACHABLE = 76  # some worker could not be exec'd into in time
     STARTUP_TIMEOUT = 77  # rank 0 did not become ready in time
-    RANK_LOST = 78  # a rank died while mpirun was still running
+    RANK_LOST = 78  # a rank died, or mpirun ended on its own once serving
     GROUP_CHANGED = 79  # a pod of the group was deleted, restarted or not ready
     PREFLIGHT_FAILED = 80  # the fabric check found a rank, GPU or link at fault
     FORBIDDEN = 81  # the API server refused the launcher's credentials or RBAC permissions

@@ -138,8 +138,8 @@ class Supervisor:
             self.metrics.ranks_alive.set(len(self.plan.ranks) - (seen_local - alive))
             if seen_local == self.options.local_ranks and alive < seen_local:
                 raise LauncherError(
-                    f"{seen_local - alive} of {seen_local} local ranks died while mpirun was running; "
-                    "see the rank's log above", ExitCode.RANK_LOST,
+                    f"a rank ended: {seen_local - alive} of {seen_local} local ranks died while mpirun was "
+                    "running (see the rank's log above)", ExitCode.RANK_LOST,
                 )
             now = time.monotonic()
             if now >= next_probe:
@@ -195,11 +195,14 @@ class Supervisor:
         settle = time.monotonic() + self.options.group_settle_s
         while time.monotonic() < settle and not self.stop.wait(0.05):
             self._check_group()
-        if returncode == 0:
-            raise LauncherError("mpirun exited on its own with status 0: the ranks ended; "
-                                "the group must be restarted", ExitCode.RANK_LOST)
-        log.error("mpirun exited with status %d", returncode)
-        return exit_code_of(returncode)
+        status = exit_code_of(returncode)
+        if returncode == 0 or self.time_to_ready_s is not None:
+            # One code for one fault: a rank dying while serving ends mpirun with whatever
+            # status that rank's death gave it, or is seen first as a missing local rank.
+            raise LauncherError(f"mpirun exited on its own with status {status}: a rank ended (see its log "
+                                "above); the group must be restarted", ExitCode.RANK_LOST)
+        log.error("mpirun exited with status %d before rank 0 was ready", status)
+        return status
 
     def _stop_gracefully(self, proc: subprocess.Popen[bytes], launched: list[psutil.Process]) -> list[psutil.Process]:
         """SIGTERM to mpirun and, at the same moment, to the local ranks: Triton
@@ -226,10 +229,10 @@ class Supervisor:
         launched = procs.launch_processes(self.launch_id)
         if graceful:
             survivors = self._stop_gracefully(proc, launched)
+            procs.kill_process_group(proc.pid)
         else:
             procs.kill_process_group(proc.pid)
             survivors = procs.terminate(launched, 0.0, polite=[])
-        procs.kill_process_group(proc.pid)
         proc.wait()
         survivors += procs.sweep(lambda: procs.launch_processes(self.launch_id), grace_s=1.0)
         self.metrics.mpirun_exit_code.set(proc.returncode)

@@ -1,10 +1,13 @@
 """Helpers for tests/cluster/test_kubessh.py: LWS groups with a ServiceAccount and a minimal Role."""
 from __future__ import annotations
 
+import os
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
+import psutil
 from kubernetes import client
 
 GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
@@ -62,3 +65,27 @@ def run_in_pod(cluster: Any, ns: str, pod: str, argv: list[str], env: dict[str, 
             proc.kill()
             proc.wait()
     return proc.returncode, out, err
+
+
+def kubessh_under(pid: int) -> list[psutil.Process]:
+    """The kubessh processes among the descendants of ``pid``."""
+    found = []
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            if any(Path(word).name == "kubessh" for word in proc.cmdline()[:2]):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def stdio(proc: psutil.Process) -> list[str]:
+    return [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in (0, 1, 2)]
+
+
+def detached_from_the_stream(daemon: psutil.Process) -> bool:
+    """Neither a descendant of the exec server (kwok here, the container runtime in a real cluster)
+    nor holding the stream's pipes: ending the stream cannot touch it."""
+    files = stdio(daemon)
+    quiet = all(p == "/dev/null" or (p.startswith("/tmp/kubessh-") and p.endswith(".log")) for p in files)
+    return quiet and all(a.name() != "kwok" for a in daemon.parents())

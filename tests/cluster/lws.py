@@ -14,9 +14,11 @@ SLEEP = ["sleep", "infinity"]
 
 
 def lws(name: str, size: int = 2, worker: dict[str, Any] | None = None, leader: dict[str, Any] | None = None,
-        command: list[str] | None = None, env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        command: list[str] | None = None, env: list[dict[str, Any]] | None = None,
+        restart_policy: str | None = None) -> dict[str, Any]:
     """A one-replica LWS; ``worker``/``leader`` are extra pod-spec fields (nodeSelector, resources via
-    ``container``). Both templates carry the group key and namespace in the launcher's variables."""
+    ``container``). Both templates carry the group key and namespace in the launcher's variables.
+    ``restart_policy``: LWS's own (default RecreateGroupOnPodRestart)."""
     def template(extra: dict[str, Any] | None) -> dict[str, Any]:
         extra = dict(extra or {})
         container = {"name": "main", "image": "example.invalid/launcher:test", "command": command or SLEEP,
@@ -31,6 +33,8 @@ def lws(name: str, size: int = 2, worker: dict[str, Any] | None = None, leader: 
     spec: dict[str, Any] = {"size": size, "workerTemplate": template(worker)}
     if leader is not None:
         spec["leaderTemplate"] = template(leader)
+    if restart_policy is not None:
+        spec["restartPolicy"] = restart_policy
     return {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "metadata": {"name": name},
             "spec": {"replicas": 1, "leaderWorkerTemplate": spec}}
 

@@ -22,7 +22,8 @@ from kubernetes import client
 
 from launcher.errors import ExitCode
 from launcher.plan import LAUNCH_ID_ENV
-from tests.cluster.lws import apply_lws, grant_launcher_role, lws, pods_of, wait_group
+from tests.cluster.kubessh_helpers import detached_from_the_stream, kubessh_under, stdio
+from tests.cluster.lws import apply_lws, grant_launcher_role, lws, pods_of, wait_for, wait_group
 from tests.conftest import REPO, VENV_BIN
 from tests.integration.launch import expected_output, infer, private_repo, wait_ready
 
@@ -95,9 +96,10 @@ def write_pod_pids(cluster: Any, ns: str, pods: list[client.V1Pod]) -> None:
 
 
 def start(cluster: Any, ns: str, tmp_path: Path, agent: list[str], mpi: list[str], name: str = "e2e",
-          manifest: dict[str, Any] | None = None, discovery_timeout_s: int = 60) -> Launch:
+          manifest: dict[str, Any] | None = None, discovery_timeout_s: int = 60,
+          restart_policy: str | None = None) -> Launch:
     grant_launcher_role(cluster.api, ns)
-    apply_lws(cluster.api, ns, manifest or lws(name, 2))
+    apply_lws(cluster.api, ns, manifest or lws(name, 2, restart_policy=restart_policy))
     if manifest is None:
         pods = wait_group(cluster.api, ns, name, 2)
         write_pod_pids(cluster, ns, pods)
@@ -136,14 +138,25 @@ def serve_and_answer(launch: Launch) -> None:
     assert infer(8000, [1.0, 2.0, 3.0], host=launch.leader_ip) == (expected_output([1.0, 2.0, 3.0], 2), 2)
 
 
+def ranks_in(cluster: Any, ns: str, pod: str) -> list[psutil.Process]:
+    found = []
+    for pid in cluster.sandbox_of(ns, pod).pids():
+        try:
+            proc = psutil.Process(pid)
+            if proc.name() == "tritonserver" and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def test_leader_discovers_launches_through_the_agent_and_serves(cluster: Any, namespace: str, tmp_path: Path,
                                                                 agent: list[str], mpi: list[str]) -> None:
     launch = start(cluster, namespace, tmp_path, agent, mpi)
     try:
         serve_and_answer(launch)
         worker = launch.pods[1].metadata.name
-        ranks = [p for p in map(psutil.Process, cluster.sandbox_of(namespace, worker).pids())
-                 if p.name() == "tritonserver"]
+        ranks = ranks_in(cluster, namespace, worker)
         assert ranks, "no rank in the worker pod"
         # The worker agent and the stop sweep find ranks by the launch id: the agent's shell did not
         # inherit it from mpirun, so it must have come through -x.
@@ -179,6 +192,89 @@ def test_worker_pod_deleted_ends_the_leader_with_group_changed(cluster: Any, nam
     # LWS recreates the whole group (the leader pod too)
     old = {p.metadata.uid for p in launch.pods}
     wait_group(cluster.api, namespace, launch.name, 2, timeout=60, not_uids=old)
+
+
+@pytest.mark.parametrize("mpi_flavour", ["ompi5", "ompi4"])
+def test_serving_holds_no_exec_stream(cluster: Any, namespace: str, tmp_path: Path, mpi_flavour: str) -> None:
+    """A kubelet closes idle exec streams after hours: once serving, no rank may depend on one."""
+    if why := kubessh_missing():
+        pytest.skip(why)
+    mpi = [] if mpi_flavour == "ompi5" else [f"--mpirun={DEBIAN_MPIRUN}", f"--env=MPI4PY_LIBMPI={DEBIAN_LIBMPI}"]
+    launch = start(cluster, namespace, tmp_path, ["--rsh-agent=kubessh"], mpi)
+    try:
+        serve_and_answer(launch)
+        # kubessh returns once the worker's daemon runs detached: nothing is left to close
+        assert kubessh_under(launch.proc.pid) == []
+        worker = launch.pods[1].metadata.name
+        daemon = ranks_in(cluster, namespace, worker)[0].parent()
+        assert daemon.name() in ("orted", "prted"), daemon.name()
+        assert detached_from_the_stream(daemon), ([a.name() for a in daemon.parents()], stdio(daemon))
+        assert infer(8000, [4.0, 5.0], host=launch.leader_ip) == (expected_output([4.0, 5.0], 2), 2)
+    finally:
+        code = stop(launch)
+    assert code == 0, launch.output()
+
+
+def restart_container(core: client.CoreV1Api, ns: str, pod: str) -> None:
+    """What a kubelet reports after a container restart that keeps its pod: restartCount + 1."""
+    live = core.read_namespaced_pod_status(pod, ns)
+    for status in live.status.container_statuses:
+        status.restart_count = (status.restart_count or 0) + 1
+    core.replace_namespaced_pod_status(pod, ns, live)
+
+
+def turn_not_ready(core: client.CoreV1Api, ns: str, pod: str) -> None:
+    """What a kubelet reports when a readiness probe starts failing."""
+    live = core.read_namespaced_pod_status(pod, ns)
+    for status in live.status.container_statuses:
+        status.ready = False
+    for condition in live.status.conditions:
+        if condition.type in ("Ready", "ContainersReady"):
+            condition.status = "False"
+    core.replace_namespaced_pod_status(pod, ns, live)
+
+
+def kill_rank(cluster: Any, ns: str, pod: str) -> None:
+    ranks = ranks_in(cluster, ns, pod)
+    assert ranks, f"no rank in pod {pod}"
+    ranks[0].kill()
+
+
+@pytest.mark.parametrize("fault,exit_code,says,within_s", [
+    # mpirun learns of the death from the worker's daemon, then ends rank 0 (Triton's shutdown)
+    ("rank killed", ExitCode.RANK_LOST, "a rank ended", 10.0),
+    ("container restarted", ExitCode.GROUP_CHANGED, "(worker 1) restarted (restarts 0 -> 1)", GROUP_CHANGED_TARGET_S),
+    ("not ready", ExitCode.GROUP_CHANGED, "(worker 1) turned not ready", GROUP_CHANGED_TARGET_S),
+])
+def test_a_fault_in_the_worker_pod_ends_the_leader(cluster: Any, namespace: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, fault: str, exit_code: ExitCode,
+                                                   says: str, within_s: float) -> None:
+    agent = ["--rsh-agent=kubessh"] if kubessh_missing() is None else pod_rsh(tmp_path, monkeypatch)
+    # LWS's default policy would itself recreate the group on a container restart, racing the
+    # launcher's own watch: "None" leaves the launcher's reaction as the one under test.
+    launch = start(cluster, namespace, tmp_path, agent, [], restart_policy="None")
+    core = client.CoreV1Api(cluster.api)
+    try:
+        serve_and_answer(launch)
+        worker = launch.pods[1].metadata.name
+        begun = time.monotonic()
+        if fault == "rank killed":
+            kill_rank(cluster, namespace, worker)
+        elif fault == "container restarted":
+            restart_container(core, namespace, worker)
+        else:
+            turn_not_ready(core, namespace, worker)
+        code = launch.proc.wait(timeout=30)
+        took = time.monotonic() - begun
+    finally:
+        stop(launch)
+    log = launch.output()
+    assert code == exit_code, log
+    assert says in log, log[-3000:]
+    print(f"\n{fault}: leader exit {code} after {took:.2f}s")
+    assert took <= within_s, f"leader exited {took:.2f}s after the fault\n{log}"
+    wait_for("the worker's rank to end", lambda: not ranks_in(cluster, namespace, worker),
+             lambda: ranks_in(cluster, namespace, worker), timeout=10)
 
 
 def test_apiserver_restart_during_discovery_and_the_group_still_comes_up(

@@ -20,8 +20,9 @@ import psutil
 import pytest
 from kubernetes import client
 
-from tests.cluster.kubessh_helpers import (GROUP_KEY, MINIMAL_RULES, create_service_account, lws, run_in_pod,
-                                           running_group, set_rules)
+from tests.cluster.kubessh_helpers import (GROUP_KEY, MINIMAL_RULES, create_service_account,
+                                           detached_from_the_stream, kubessh_under, lws, run_in_pod, running_group,
+                                           set_rules, stdio)
 
 pytestmark = pytest.mark.cluster
 
@@ -289,14 +290,7 @@ class Job:
 def kubessh_processes(job: Job) -> list[psutil.Process]:
     """The kubessh processes this job's mpirun started (and only those)."""
     assert job.proc is not None
-    found = []
-    for proc in psutil.Process(job.proc.pid).children(recursive=True):
-        try:
-            if any(Path(word).name == "kubessh" for word in proc.cmdline()[:2]):
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return found
+    return kubessh_under(job.proc.pid)
 
 
 @pytest.mark.parametrize("flavour", ["ompi5", "ompi41"])
@@ -319,16 +313,6 @@ def worker_daemon(job: Job) -> psutil.Process:
     raise AssertionError(f"no rank 1 of job {job.token}")
 
 
-def stdio(proc: psutil.Process) -> list[str]:
-    return [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in (0, 1, 2)]
-
-
-def detached_from_the_stream(daemon: psutil.Process) -> bool:
-    """Neither a descendant of the exec server (kwok here, the container runtime in a real cluster)
-    nor holding the stream's pipes: ending the stream cannot touch it."""
-    files = stdio(daemon)
-    quiet = all(p == "/dev/null" or (p.startswith("/tmp/kubessh-") and p.endswith(".log")) for p in files)
-    return quiet and all(a.name() != "kwok" for a in daemon.parents())
 
 
 def launch(cluster: Any, g: Groups, flavour: str, env: dict[str, str]) -> Job:

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from launcher.errors import ExitCode
 from tests.integration.launch import (
     LocalLaunch,
     expected_output,
@@ -75,7 +76,7 @@ def test_killed_rank_stops_the_leader_with_an_error(tmp_path: Path, launches: li
     started = time.monotonic()
     code = launch.proc.wait(timeout=30)
     assert time.monotonic() - started < 10
-    assert code != 0, launch.log.read_text()
+    assert code == ExitCode.RANK_LOST, launch.log.read_text()
     assert launch.leftovers() == []
 
 

@@ -77,8 +77,19 @@ def wait_group(api: client.ApiClient, ns: str, name: str, size: int, timeout: fl
         if pods and not any(p.metadata.uid in not_uids for p in pods):
             return pods
         time.sleep(0.05)
-    now = [(p.metadata.name, p.status.phase, p.status.pod_ip) for p in pods_of(api, ns, name)]
-    raise AssertionError(f"group {name} of {size} not Running after {timeout}s: {now}")
+    now = [(p.metadata.name, p.status.phase, p.status.pod_ip, p.spec.node_name, scheduling(p))
+           for p in pods_of(api, ns, name)]
+    others = [(p.metadata.namespace, p.metadata.name, p.spec.node_name, p.status.phase)
+              for p in client.CoreV1Api(api).list_pod_for_all_namespaces().items if p.metadata.namespace != ns]
+    raise AssertionError(f"group {name} of {size} not Running after {timeout}s: {now}; other pods: {others}")
+
+
+def scheduling(pod: client.V1Pod) -> str:
+    """The scheduler's last word on a pod ("" once scheduled)."""
+    for condition in pod.status.conditions or []:
+        if condition.type == "PodScheduled" and condition.status != "True":
+            return f"{condition.reason}: {condition.message}"
+    return ""
 
 
 def group_key(pod: client.V1Pod) -> str:

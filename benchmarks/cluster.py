@@ -143,7 +143,9 @@ def one_round(cluster: Cluster, size: int, agent: str, tmp: Path, serve_and_dele
         proc = cluster.popen_in_pod(ns, leader.metadata.name, argv, env={"PODNET_DIR": str(podnet)},
                                     stdout=out, stderr=subprocess.STDOUT, text=True, cwd="/")
     try:
-        time.sleep(1.5)  # the launcher is up and watching
+        # Only once the launcher has listed the group (its first progress line) is it watching: a fixed
+        # sleep under load let the pods turn Running before it looked, timing its start-up instead.
+        wait_until("the launcher watching its group", lambda: logged_time(log, f"pods running (worker"), 60)
         clock = RunningClock(cluster.api, ns, "b", size)
         for node in others:
             core.patch_node(node, {"metadata": {"labels": {LABEL: "yes"}}})

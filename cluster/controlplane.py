@@ -301,7 +301,10 @@ class Cluster:
         wait_for("LWS CRDs established", established, 30)
 
     def _start_component(self, name: str) -> Proc:
-        argv = [str(BIN / name), f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--secure-port=0", "--v=1"]
+        # the scheduler at 2 logs why a pod did not fit: what a test that waits for a group needs to know
+        verbosity = 2 if name == "kube-scheduler" else 1
+        argv = [str(BIN / name), f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--secure-port=0",
+                f"--v={verbosity}"]
         if name == "kube-controller-manager":
             argv += [f"--service-account-private-key-file={self.sa_key}", f"--root-ca-file={self.ca_path}",
                      "--controllers=*", "--cluster-name=test"]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubessh.args import Request, parse
 from kubessh.errors import Exit, KubesshError
+
+if TYPE_CHECKING:
+    from kubessh.server import ApiServer
 
 GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
 PROBE_TIMEOUT_S = 10.0
@@ -61,14 +64,15 @@ def remote_command(request: Request) -> tuple[list[str], bool, float | None]:
     return remote_argv(request.words, detach, seconds("KUBESSH_DETACH_CONFIRM_S", 0.5)), not detach, None
 
 
-def run(request: Request) -> int:
+def run(request: Request, endpoint: ApiServer | None = None) -> int:
+    """The remote command's exit status; ``endpoint``: the API server, else found from this environment."""
     if request.group_key is None and not request.any_pod:
         raise KubesshError("no group key (set LAUNCHER_GROUP_KEY or --group-key, or pass --any-pod): "
                            f"refusing to exec into {request.pod}", Exit.REFUSED)
     from kubessh import api, server, wsexec
 
     argv, stdin, deadline = remote_command(request)
-    endpoint = server.load(os.environ)
+    endpoint = endpoint or server.load(os.environ)
     namespace = request.namespace or endpoint.namespace
     if not namespace:
         raise KubesshError("no namespace: set LAUNCHER_NAMESPACE or --namespace", Exit.USAGE)

@@ -25,7 +25,7 @@ from .errors import ExitCode, LauncherError, MissingExecutableError
 from .model_repository import check_engine, check_model_repository
 from .observability import HealthServer
 from .preflight.check import PreflightResult, format_result, rank_program, run_preflight, summary_line
-from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, build_plan, parse_mpirun_version
+from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, agent_env, build_plan, parse_mpirun_version
 from .signals import install_stop_handlers
 from .supervisor import LeaderMetrics, Supervisor, SupervisorOptions
 from .tritonbin import find_tritonserver
@@ -155,7 +155,8 @@ class Leader:
             log.info("discovery: %d/%d pods found", len(members), self.config.pods)
             phases.enter("readiness")
             if self.agent is not None and len(members) > 1:
-                wait_until_reachable(self.agent, members[1:], self.config.discovery_timeout_s, self.stop)
+                wait_until_reachable(self.agent, members[1:], self.config.discovery_timeout_s, self.stop,
+                                     {**self.environ, **agent_env(self.config)})
             if self.config.preflight.enabled:
                 phases.enter("preflight")
                 self.preflight(members, mpirun, flavor, triton)

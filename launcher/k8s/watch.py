@@ -205,6 +205,7 @@ class PodWatch:
         if obj is None or not hasattr(obj, "metadata"):
             return None
         state = pod_state(obj)
+        log.debug("pod watch: %s %s %s ip=%s", kind, state.name, state.describe(), state.ip or "-")
         with self._changed:
             pods = dict(self._pods)
         if kind == "DELETED":

@@ -97,8 +97,8 @@ def write_pod_pids(cluster: Any, ns: str, pods: list[client.V1Pod]) -> None:
 
 def start(cluster: Any, ns: str, tmp_path: Path, agent: list[str], mpi: list[str], name: str = "e2e",
           manifest: dict[str, Any] | None = None, discovery_timeout_s: int = 60,
-          restart_policy: str | None = None) -> Launch:
-    grant_launcher_role(cluster.api, ns)
+          restart_policy: str | None = None, exec_too: bool = True) -> Launch:
+    grant_launcher_role(cluster.api, ns, exec_too=exec_too)
     apply_lws(cluster.api, ns, manifest or lws(name, 2, restart_policy=restart_policy))
     if manifest is None:
         pods = wait_group(cluster.api, ns, name, 2)
@@ -300,6 +300,21 @@ def test_apiserver_restart_during_discovery_and_the_group_still_comes_up(
     assert "discovery: 1/2 pods running (worker 1: Pending (Unschedulable: " in log, log
     assert "pod watch interrupted" in log, log
     assert code == 0, log
+
+
+def test_a_role_without_exec_names_the_worker_verb_and_resource(cluster: Any, namespace: str,
+                                                                 tmp_path: Path) -> None:
+    if why := kubessh_missing():
+        pytest.skip(why)
+    launch = start(cluster, namespace, tmp_path, ["--rsh-agent=kubessh"], [], discovery_timeout_s=3,
+                   exec_too=False)
+    code = launch.proc.wait(timeout=60)
+    last = launch.output().strip().splitlines()[-1]
+    assert code == ExitCode.WORKERS_UNREACHABLE, launch.output()
+    worker = launch.pods[1].metadata.name
+    assert last.startswith("launcher: error: 1 of 1 workers not reachable through kubessh"), last
+    # a websocket exec is authorised as "get" on pods/exec first (the chart's Role grants get and create)
+    assert f"{worker}: kubessh: forbidden: cannot get pods/exec in namespace {namespace}" in last, last
 
 
 def test_leader_without_group_key_says_so_in_one_line(cluster: Any, namespace: str, tmp_path: Path) -> None:

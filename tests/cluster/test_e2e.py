@@ -23,7 +23,7 @@ from kubernetes import client
 from launcher.errors import ExitCode
 from launcher.plan import LAUNCH_ID_ENV
 from tests.cluster.kubessh_helpers import detached_from_the_stream, kubessh_under, stdio
-from tests.cluster.lws import apply_lws, grant_launcher_role, lws, pods_of, wait_for, wait_group
+from tests.cluster.lws import apply_lws, grant_launcher_role, group_key, lws, pods_of, wait_for, wait_group
 from tests.conftest import REPO, VENV_BIN
 from tests.integration.launch import expected_output, infer, private_repo, wait_ready
 
@@ -97,7 +97,7 @@ def write_pod_pids(cluster: Any, ns: str, pods: list[client.V1Pod]) -> None:
 
 def start(cluster: Any, ns: str, tmp_path: Path, agent: list[str], mpi: list[str], name: str = "e2e",
           manifest: dict[str, Any] | None = None, discovery_timeout_s: int = 60,
-          restart_policy: str | None = None, exec_too: bool = True) -> Launch:
+          restart_policy: str | None = None, exec_too: bool = True, tutorial_flags: bool = False) -> Launch:
     grant_launcher_role(cluster.api, ns, exec_too=exec_too)
     apply_lws(cluster.api, ns, manifest or lws(name, 2, restart_policy=restart_policy))
     if manifest is None:
@@ -114,6 +114,9 @@ def start(cluster: Any, ns: str, tmp_path: Path, agent: list[str], mpi: list[str
             "--model=toy_tp", "--stop-grace-period=5", f"--discovery-timeout={discovery_timeout_s}", *agent, *mpi]
     log = tmp_path / "leader.log"
     extra = {"PODNET_DIR": podnet} if podnet else {}
+    if tutorial_flags:  # the group key and namespace as the tutorial passes them: flags, not the pod's env
+        argv += [f"--stateful_set_group_key={group_key(pods[0])}", f"--namespace={ns}"]
+        extra.update({"LAUNCHER_GROUP_KEY": "", "LAUNCHER_NAMESPACE": ""})
     with log.open("w") as out:
         proc = cluster.popen_in_pod(ns, pods[0].metadata.name, argv, env=extra, stdout=out,
                                     stderr=subprocess.STDOUT, text=True, cwd="/")
@@ -300,6 +303,19 @@ def test_apiserver_restart_during_discovery_and_the_group_still_comes_up(
     assert "discovery: 1/2 pods running (worker 1: Pending (Unschedulable: " in log, log
     assert "pod watch interrupted" in log, log
     assert code == 0, log
+
+
+def test_group_key_given_as_a_flag_reaches_the_agent(cluster: Any, namespace: str, tmp_path: Path) -> None:
+    """kubessh learns the group it may enter from its environment: the launcher must put a key given
+    only on its command line there, for the readiness probe and for mpirun alike."""
+    if why := kubessh_missing():
+        pytest.skip(why)
+    launch = start(cluster, namespace, tmp_path, ["--rsh-agent=kubessh"], [], tutorial_flags=True)
+    try:
+        serve_and_answer(launch)
+    finally:
+        code = stop(launch)
+    assert code == 0, launch.output()
 
 
 def test_a_role_without_exec_names_the_worker_verb_and_resource(cluster: Any, namespace: str,

@@ -94,8 +94,11 @@ def test_timeout_names_each_missing_worker_with_phase_and_reason(cluster: Any, n
 
 
 def _pending_worker_group(cluster: Any, ns: str, name: str) -> list[client.V1Pod]:
-    """A group of 2 whose worker waits for a node labelled launcher-test=gpu (none is yet)."""
-    apply_lws(cluster.api, ns, lws(name, 2, worker={"nodeSelector": {"launcher-test": "gpu"}}, leader={}))
+    """A group of 2 whose worker waits for a node labelled launcher-test=gpu (none is yet; the tests
+    label the last node). The leader is placed on the first node: had the scheduler put it on the
+    last one, that node would be full (one pod per node) and the worker never scheduled."""
+    leader = {"nodeName": cluster.nodes[0].name}
+    apply_lws(cluster.api, ns, lws(name, 2, worker={"nodeSelector": {"launcher-test": "gpu"}}, leader=leader))
     deadline = time.monotonic() + 30
     while len(pods := pods_of(cluster.api, ns, name)) < 2 or not group_key(pods[0]):
         assert time.monotonic() < deadline, "LWS did not create the group"

@@ -284,8 +284,9 @@ def test_apiserver_restart_during_discovery_and_the_group_still_comes_up(
         cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # One agent only: each apiserver restart lengthens the scheduler's re-watch backoff for later tests.
     agent = ["--rsh-agent=kubessh"] if kubessh_missing() is None else pod_rsh(tmp_path, monkeypatch)
-    node = cluster.nodes[-1].name
-    manifest = lws("late", 2, worker={"nodeSelector": {"launcher-e2e": "yes"}}, leader={})
+    node = cluster.nodes[-1].name  # the worker's; the leader is kept off it (one pod per node)
+    manifest = lws("late", 2, worker={"nodeSelector": {"launcher-e2e": "yes"}},
+                   leader={"nodeName": cluster.nodes[0].name})
     # the scheduler and kwok re-watch after the restart with client-go's backoff: seen to take over 60 s
     launch = start(cluster, namespace, tmp_path, agent, [], name="late", manifest=manifest, discovery_timeout_s=240)
     core = client.CoreV1Api(cluster.api)

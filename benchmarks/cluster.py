@@ -1,6 +1,7 @@
 """Kubernetes discovery and group-supervision figures on the real test control plane (as root).
 
-    CLUSTER_NODES=4 python benchmarks/cluster.py [--rounds 3] [--sizes 2 4] [--agent pod-rsh|kubessh]
+    CLUSTER_NODES=8 python benchmarks/cluster.py [--rounds 5] [--sizes 2 4 8] [--agent kubessh|pod-rsh]
+        [--round-trips 30]
 
 Per group size, each round: an LWS whose workers wait for a node label; `launcher leader` runs as the
 leader pod's process (its token, the chart's Role); the label is set on every other node, the workers
@@ -9,7 +10,9 @@ turn Running, and we time
   same clock), and side by side
 - the same moment -> a 2-second poll loop (list every 2 s, the thing to beat) seeing every pod Running.
 Then, for groups of 2 once rank 0 serves: worker pod deleted -> leader process exit (target <= 3 s).
-Sizes above the node count are skipped (one pod per node).
+Sizes above the node count are skipped (one pod per node). Last, `kubessh <pod> true` from the leader
+pod into the worker, timed end to end (process start included) --round-trips times (target median
+<= 0.3 s).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ sys.path.insert(0, str(REPO))
 from kubernetes import client, watch  # noqa: E402
 
 from cluster.controlplane import SYSTEM_PATH, Cluster  # noqa: E402
-from tests.cluster.lws import NAME, apply_lws, grant_launcher_role, group_key, lws, pods_of  # noqa: E402
+from tests.cluster.lws import (NAME, apply_lws, grant_launcher_role, group_key, lws, pods_of,  # noqa: E402
+                                running_group)
 from tests.integration.launch import private_repo, wait_ready  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -145,7 +149,7 @@ def one_round(cluster: Cluster, size: int, agent: str, tmp: Path, serve_and_dele
     try:
         # Only once the launcher has listed the group (its first progress line) is it watching: a fixed
         # sleep under load let the pods turn Running before it looked, timing its start-up instead.
-        wait_until("the launcher watching its group", lambda: logged_time(log, f"pods running (worker"), 60)
+        wait_until("the launcher watching its group", lambda: logged_time(log, "pods running (worker"), 60)
         clock = RunningClock(cluster.api, ns, "b", size)
         for node in others:
             core.patch_node(node, {"metadata": {"labels": {LABEL: "yes"}}})
@@ -175,11 +179,39 @@ def one_round(cluster: Cluster, size: int, agent: str, tmp: Path, serve_and_dele
     return figures
 
 
+ROUND_TRIPS = """
+import subprocess, sys, time
+for _ in range(int(sys.argv[2])):
+    t0 = time.perf_counter()
+    subprocess.run(["kubessh", sys.argv[1], "true"], check=True, stdin=subprocess.DEVNULL)
+    print(f"{time.perf_counter() - t0:.4f}")
+"""
+
+
+def kubessh_round_trips(cluster: Cluster, count: int) -> list[float]:
+    """``kubessh <worker> true`` run ``count`` times as the leader pod's process, each timed whole."""
+    ns = cluster.create_namespace("bench")
+    try:
+        grant_launcher_role(cluster.api, ns)
+        apply_lws(cluster.api, ns, lws("rt", 2))
+        leader, worker = wait_until("the group", lambda: running_group(cluster.api, ns, "rt", 2), 60)
+        proc = cluster.popen_in_pod(ns, leader.metadata.name, [sys.executable, "-c", ROUND_TRIPS,
+                                                               worker.metadata.name, str(count)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kubessh round trips failed: {err}")
+        return [float(t) for t in out.split()]
+    finally:
+        cluster.delete_namespace(ns, timeout=60)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8])
-    parser.add_argument("--agent", choices=["pod-rsh", "kubessh"], default="pod-rsh")
+    parser.add_argument("--agent", choices=["pod-rsh", "kubessh"], default="kubessh")
+    parser.add_argument("--round-trips", type=int, default=30, help="kubessh <pod> true, timed (0: skip)")
     args = parser.parse_args()
     nodes = int(os.environ.get("CLUSTER_NODES", "4"))
     sizes = [s for s in args.sizes if s <= nodes]
@@ -209,6 +241,10 @@ def main() -> int:
             if deletes:
                 print(f"worker pod deleted -> leader exit (size 2): median {statistics.median(deletes):.3f}s "
                       f"{[round(x, 3) for x in deletes]} (target <= 3 s)")
+            if args.round_trips:
+                trips = kubessh_round_trips(cluster, args.round_trips)
+                print(f"kubessh <pod> true: median {statistics.median(trips):.3f}s, min {min(trips):.3f}s, "
+                      f"max {max(trips):.3f}s over {len(trips)} (target median <= 0.3 s)")
         finally:
             cluster.stop()
     return 0

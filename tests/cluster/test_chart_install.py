@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,15 @@ from kubernetes import client
 from tests.chart.chart_helpers import CHART, INSTALL_HINT, TOOLS, find_tool
 from tests.chart.chart_helpers import LWS_GROUP_KEY as GROUP_KEY, LWS_NAME as NAME, LWS_WORKER_INDEX as WORKER_INDEX
 from tests.cluster.lws import wait_for
+from tests.conftest import http_get
+from tests.integration.launch import expected_output, infer, private_repo, wait_ready
 
 pytestmark = pytest.mark.cluster
 
 INSTANCE = "app.kubernetes.io/instance"
 CLAIM = "models"
 MODEL_REPO = "/var/run/models/toy/triton_model_repo"
+VENV_BIN = Path(sys.executable).parent
 # Values that fit the test cluster (4 nodes of 8 "GPUs", one pod per node): a group of 2 pods.
 VALUES = {
     "image.repository": "example.invalid/lws-triton", "image.tag": "test",
@@ -227,3 +231,37 @@ def test_two_releases_select_only_their_own_leader_pods(cluster: Any, helm_in: R
         selector = ",".join(f"{k}={v}" for k, v in sorted(service.spec.selector.items()))
         selected = [p.metadata.name for p in core.list_namespaced_pod(ns, label_selector=selector).items]
         assert selected == [f"{release}-lws-triton-0"], (release, selector, selected)
+
+
+def test_the_charts_group_serves_with_the_charts_commands(cluster: Any, helm_in: Release, tmp_path: Path) -> None:
+    """helm install -> LWS pods -> each pod's own command and environment from the chart, its
+    ServiceAccount under the chart's Role -> discovery, kubessh, mpirun -> the toy model answers."""
+    ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
+    repo = private_repo(tmp_path)  # no kubelet mounts the claim here: the "mount" is this directory
+    helm_in.install("srv", **{"modelRepository.mountPath": str(tmp_path), "modelRepository.path": str(repo),
+                              "modelRepository.model": "toy_tp"})
+    leader, worker = wait_for("leader and worker Running", lambda: running(core, ns, "srv", 2),
+                              lambda: describe(core, ns))
+    processes = {}
+    for pod in (leader, worker):  # kwok runs no containers: start each pod's process as its kubelet would
+        container = pod.spec.containers[0]
+        argv = [str(VENV_BIN / container.command[0]), *container.args]
+        log = tmp_path / f"{pod.metadata.name}.log"
+        with log.open("w") as out:
+            processes[pod.metadata.name] = (cluster.popen_in_pod(
+                ns, pod.metadata.name, argv, stdout=out, stderr=subprocess.STDOUT, text=True, cwd="/"), log)
+    (leader_proc, leader_log), (worker_proc, worker_log) = processes.values()
+    try:
+        try:
+            wait_ready(8000, None, timeout_s=120, host=leader.status.pod_ip)
+        except AssertionError:
+            raise AssertionError(f"not serving; leader log:\n{leader_log.read_text()}") from None
+        assert infer(8000, [1.0, 2.0], host=leader.status.pod_ip) == (expected_output([1.0, 2.0], 2), 2)
+        # the worker's own agent (the chart's worker command) saw the rank that mpirun started in its pod
+        assert http_get(8080, "/healthz", host=worker.status.pod_ip) == (200, "ranked\n"), worker_log.read_text()
+    finally:
+        for proc, _ in processes.values():
+            proc.terminate()
+        codes = [proc.wait(timeout=30) for proc, _ in processes.values()]
+    assert codes[0] == 0, leader_log.read_text()
+    assert "discovery: 2/2 pods running" in leader_log.read_text()

@@ -112,11 +112,17 @@ def test_tutorial_shape_tp4_pp2_on_two_pods_of_four(pods: tuple[PodNetwork, Pod,
     argv = [str(VENV_BIN / "launcher"), "leader", "--hosts=pod0,pod1", "--tp=4", "--pp=2", "--gpu_per_node=4",
             f"--model-repo={repo}", "--model=toy_tp", f"--rsh-agent={AGENT}", "--stop-grace-period=5",
             *ports.flags(), *flavour_args("ompi5")]
-    leader = pod0.run(argv, env=launch_env(**net.env()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "leader.log"
+    with log.open("w") as out:
+        leader = pod0.run(argv, env=launch_env(**net.env()), stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_ready(ports.http, leader, host=pod0.address, timeout_s=180)
         assert rank_ids(pod0) == [0, 1, 2, 3] and rank_ids(pod1) == [4, 5, 6, 7]
-        assert infer(ports.http, [1.0, -1.0], host=pod0.address) == (expected_output([1.0, -1.0], 8), 8)
+        try:
+            answer = infer(ports.http, [1.0, -1.0], host=pod0.address)
+        except Exception as exc:
+            raise AssertionError(f"{exc}; leader log:\n{log.read_text()[-6000:]}") from exc
+        assert answer == (expected_output([1.0, -1.0], 8), 8)
         leader.send_signal(signal.SIGTERM)
         assert leader.wait(timeout=60) == 0
         deadline = time.monotonic() + 10

@@ -5,8 +5,10 @@ computes its shard ``(rank + 1) * x``; the shards are summed onto rank 0,
 which answers. Control messages travel over MPI (mpi4py); the data travels
 over MPI too, or over NCCL (torch.distributed) when the collective is "nccl".
 
-Followers wait with a non-blocking receive polled at a short interval, so an
-idle rank does not spin a core (Open MPI busy-waits in blocking calls).
+Every MPI wait is a non-blocking call polled at a short interval, so no rank
+spins a core (Open MPI busy-waits in blocking calls): with eight ranks on two
+cores the spinning starved the python backend's health thread, and Triton
+then failed a request with "Stub process is not healthy".
 """
 
 from __future__ import annotations
@@ -26,12 +28,28 @@ FINALIZE_WAIT_S = 0.5
 
 
 def _wait(request):
-    """Complete an mpi4py request without busy-waiting; return its value."""
+    """Complete an mpi4py request for a Python object without busy-waiting; return the object."""
     while True:
         done, value = request.test()
         if done:
             return value
         time.sleep(POLL_INTERVAL_S)
+
+
+def _wait_all(requests):
+    """Complete mpi4py buffer requests without busy-waiting."""
+    while not all(r.Test() for r in requests):
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _reduce_to_root(comm, array):
+    """The element-wise sum of ``array`` over all ranks on rank 0 (None elsewhere), polled."""
+    from mpi4py import MPI
+
+    array = np.ascontiguousarray(array)
+    total = np.empty_like(array) if comm.Get_rank() == 0 else None
+    _wait_all([comm.Ireduce(array, total, op=MPI.SUM, root=0)])
+    return total
 
 
 class _MpiCollective:
@@ -53,9 +71,7 @@ class _MpiCollective:
         pass
 
     def reduce_sum(self, shard):
-        from mpi4py import MPI
-
-        return self.comm.reduce(shard, op=MPI.SUM, root=0)
+        return _reduce_to_root(self.comm, np.asarray(shard, dtype=np.float32))
 
 
 class _NcclCollective:
@@ -168,10 +184,8 @@ class TritonPythonModel:
     def _compute(self, x):
         x = self.collective.share_input(x)
         total = self.collective.reduce_sum(x * (self.rank + 1))
-        from mpi4py import MPI
-
-        contributors = self.comm.reduce(1, op=MPI.SUM, root=0)
-        return total, contributors
+        contributors = _reduce_to_root(self.comm, np.ones(1, dtype=np.int32))
+        return total, None if contributors is None else int(contributors[0])
 
     def _follow(self):
         while True:
@@ -183,8 +197,9 @@ class TritonPythonModel:
     def _lead(self, x):
         x = np.ascontiguousarray(x, dtype=np.float32)
         payload = self.collective.pack(x)
-        for peer in range(1, self.world):
-            self.comm.send(payload, dest=peer, tag=WORK_TAG)
+        sends = [self.comm.isend(payload, dest=peer, tag=WORK_TAG) for peer in range(1, self.world)]
+        for request in sends:
+            _wait(request)
         return self._compute(x)
 
     def execute(self, requests):

@@ -14,13 +14,16 @@ _EXIT_IN_MESSAGE = re.compile(r"exit (?:status|code) (\d+)\s*$")
 # Starts "$1" in its own session, stdio on a log file, so it outlives the exec
 # stream and kubessh; then waits up to "$2" tenths of a second for an early
 # exit. A daemon that daemonizes itself (Open MPI 4.1's orted) exits 0 here.
+# Log and exit status live in a directory of their own: a name made from the
+# shell's PID was reused (PIDs wrap, and a pod's PID namespace starts at 1),
+# and a stale status file then reported an earlier daemon's exit as this one's.
 DETACH_SCRIPT = r"""
-log=${TMPDIR:-/tmp}/kubessh-$$.log
-rc=$log.rc
-if ! true 2>/dev/null >>"$log"; then
-  echo "kubessh: cannot write $log: the daemon was not started" >&2
+if ! dir=$(mktemp -d "${TMPDIR:-/tmp}/kubessh-XXXXXXXX" 2>/dev/null); then
+  echo "kubessh: cannot create a directory in ${TMPDIR:-/tmp}: the daemon was not started" >&2
   exit 255
 fi
+log=$dir/daemon.log
+rc=$dir/exit-status
 run='sh -c "$1"; echo $? >"$2.tmp" && mv "$2.tmp" "$2"'
 if command -v setsid >/dev/null 2>&1; then
   setsid sh -c "$run" kubessh "$1" "$rc" </dev/null >>"$log" 2>&1 &

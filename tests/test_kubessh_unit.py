@@ -97,6 +97,19 @@ def test_detach_script_fails_when_it_cannot_keep_a_log(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_each_detached_launch_keeps_its_own_log_and_status(tmp_path: Path) -> None:
+    # Names made from the remote shell's PID were reused (PIDs wrap; a pod's PID namespace starts
+    # at 1), and an earlier daemon's status file was then read as this launch's.
+    first, _ = run_detach_script("echo first >&2; exit 213 # prted", tmp_path)
+    second, _ = run_detach_script("echo second; sleep 1 # prted", tmp_path)
+    assert first.returncode == 213 and (second.returncode, second.stderr) == (0, "")
+    dirs = sorted(tmp_path.glob("kubessh-*"))
+    assert len(dirs) == 2 and all(d.is_dir() for d in dirs)
+    time.sleep(1.2)
+    logs = sorted((d / "daemon.log").read_text() for d in dirs)
+    assert logs == ["first\n", "second\n"]
+
+
 def test_detach_script_accepts_a_daemon_that_daemonizes(tmp_path: Path) -> None:
     done, _ = run_detach_script("exit 0 # orted", tmp_path)
     assert (done.returncode, done.stderr) == (0, "")

@@ -98,27 +98,38 @@ def write_pod_pids(cluster: Any, ns: str, pods: list[client.V1Pod]) -> None:
 def start(cluster: Any, ns: str, tmp_path: Path, agent: list[str], mpi: list[str], name: str = "e2e",
           manifest: dict[str, Any] | None = None, discovery_timeout_s: int = 60,
           restart_policy: str | None = None, exec_too: bool = True, tutorial_flags: bool = False) -> Launch:
+    """A group of 2 under the launcher's Role, and ``launcher leader`` as its leader pod's process."""
     grant_launcher_role(cluster.api, ns, exec_too=exec_too)
     apply_lws(cluster.api, ns, manifest or lws(name, 2, restart_policy=restart_policy))
     if manifest is None:
         pods = wait_group(cluster.api, ns, name, 2)
-        write_pod_pids(cluster, ns, pods)
     else:  # the worker may wait: start on the leader alone
         deadline = time.monotonic() + 60
         while not (pods := [p for p in pods_of(cluster.api, ns, name) if p.status.phase == "Running"]):
             assert time.monotonic() < deadline, "the leader pod never ran"
             time.sleep(0.1)
-    podnet = os.environ.get("PODNET_DIR")
-    repo = private_repo(tmp_path)
-    argv = [str(VENV_BIN / "launcher"), "leader", "--tp=2", "--gpus-per-pod=1", f"--model-repo={repo}",
-            "--model=toy_tp", "--stop-grace-period=5", f"--discovery-timeout={discovery_timeout_s}", *agent, *mpi]
-    log = tmp_path / "leader.log"
-    extra = {"PODNET_DIR": podnet} if podnet else {}
+    extra_args = [f"--discovery-timeout={discovery_timeout_s}", *agent, *mpi]
+    extra_env = {}
     if tutorial_flags:  # the group key and namespace as the tutorial passes them: flags, not the pod's env
-        argv += [f"--stateful_set_group_key={group_key(pods[0])}", f"--namespace={ns}"]
-        extra.update({"LAUNCHER_GROUP_KEY": "", "LAUNCHER_NAMESPACE": ""})
+        extra_args += [f"--stateful_set_group_key={group_key(pods[0])}", f"--namespace={ns}"]
+        extra_env = {"LAUNCHER_GROUP_KEY": "", "LAUNCHER_NAMESPACE": ""}
+    return launch_in(cluster, ns, name, pods, tmp_path, extra_args, extra_env)
+
+
+def launch_in(cluster: Any, ns: str, name: str, pods: list[client.V1Pod], tmp_path: Path, extra_args: list[str],
+              extra_env: dict[str, str] | None = None) -> Launch:
+    """``launcher leader`` as the process of ``pods[0]``, the group's leader (as its kubelet would start it)."""
+    write_pod_pids(cluster, ns, pods)
+    podnet = os.environ.get("PODNET_DIR")
+    repo = tmp_path / "model_repository"
+    if not repo.exists():
+        private_repo(tmp_path)
+    argv = [str(VENV_BIN / "launcher"), "leader", "--tp=2", "--gpus-per-pod=1", f"--model-repo={repo}",
+            "--model=toy_tp", "--stop-grace-period=5", *extra_args]
+    log = tmp_path / f"leader-{pods[0].metadata.uid}.log"
+    env = {**({"PODNET_DIR": podnet} if podnet else {}), **(extra_env or {})}
     with log.open("w") as out:
-        proc = cluster.popen_in_pod(ns, pods[0].metadata.name, argv, env=extra, stdout=out,
+        proc = cluster.popen_in_pod(ns, pods[0].metadata.name, argv, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, text=True, cwd="/")
     return Launch(cluster, ns, name, pods, proc, log)
 
@@ -192,9 +203,14 @@ def test_worker_pod_deleted_ends_the_leader_with_group_changed(cluster: Any, nam
     # which of these the watch shows first depends on how fast the deletion and LWS's replacement land
     assert any(f"pod {worker} (worker 1) {what}" in log for what in ("is terminating", "was deleted", "was replaced")), log
     assert took <= GROUP_CHANGED_TARGET_S, f"leader exited {took:.2f}s after the delete\n{log}"
-    # LWS recreates the whole group (the leader pod too)
+    # LWS recreates the whole group (the leader pod too), whose new leader process serves again
     old = {p.metadata.uid for p in launch.pods}
-    wait_group(cluster.api, namespace, launch.name, 2, timeout=60, not_uids=old)
+    pods = wait_group(cluster.api, namespace, launch.name, 2, timeout=60, not_uids=old)
+    again = launch_in(cluster, namespace, launch.name, pods, tmp_path, agent)
+    try:
+        serve_and_answer(again)
+    finally:
+        assert stop(again) == 0, again.output()
 
 
 @pytest.mark.parametrize("mpi_flavour", ["ompi5", "ompi4"])

@@ -63,8 +63,12 @@ def _kubessh_probe(environ: Mapping[str, str]) -> Probe:
     from kubessh import server
     from kubessh.args import parse
     from kubessh.cli import run
-    from kubessh.errors import KubesshError
+    from kubessh.errors import Exit, KubesshError
 
+    # Answers that waiting cannot change end the launch at once, with the launcher's own code. A
+    # refusal with a group key known means the pod now belongs to another group (it was replaced).
+    refused = ExitCode.GROUP_CHANGED if environ.get("LAUNCHER_GROUP_KEY") else ExitCode.CONFIG_INVALID
+    final = {Exit.FORBIDDEN: ExitCode.FORBIDDEN, Exit.REFUSED: refused, Exit.USAGE: ExitCode.CONFIG_INVALID}
     endpoints: list[server.ApiServer] = []  # found once, on first use, then shared by the threads
     lock = threading.Lock()
 
@@ -76,6 +80,8 @@ def _kubessh_probe(environ: Mapping[str, str]) -> Probe:
                     endpoints.append(server.load(dict(environ)))
             status = run(parse(["--probe", pod], environ), endpoints[0])
         except KubesshError as exc:
+            if exc.code in final:
+                raise LauncherError(f"readiness: kubessh cannot enter {pod}: {exc}", final[exc.code]) from None
             return False, f"kubessh: {exc}"
         return status == 0, "ok" if status == 0 else f"exit status {status}"
 

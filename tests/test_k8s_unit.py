@@ -164,3 +164,36 @@ def test_a_pod_change_seen_just_after_mpirun_fails_names_the_cause() -> None:
 def test_mpirun_failure_without_a_pod_change_keeps_its_status() -> None:
     code, error, took = supervise(lambda: None, (sys.executable, "-c", "raise SystemExit(3)"))
     assert (code, error) == (3, None) and took >= 1.0
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:9", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u, namespace: serving}}]
+current-context: x
+"""
+
+
+@pytest.mark.parametrize("group_key,code", [(None, ExitCode.CONFIG_INVALID), ("abc", None)])
+def test_kubessh_probe_ends_readiness_at_once_only_for_what_waiting_cannot_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group_key: str | None, code: ExitCode | None) -> None:
+    """No group key: kubessh refuses before any API call, so readiness fails now, not after its timeout.
+    With a key, an API server that does not answer is worth waiting for until the deadline."""
+    from launcher.discovery import wait_until_reachable
+
+    (tmp_path / "config").write_text(KUBECONFIG)
+    # the client reads $KUBECONFIG once, when it is imported
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "config"))
+    monkeypatch.setenv("KUBESSH_RETRY_S", "0.2")
+    environ = {"LAUNCHER_GROUP_KEY": group_key} if group_key else {}
+    begun = time.monotonic()
+    with pytest.raises(LauncherError) as info:
+        wait_until_reachable("kubessh", [Member("w-0-1", "w-0-1", 1)], 1.0, threading.Event(), environ,
+                             interval_s=0.1)
+    if code is not None:
+        assert info.value.exit_code == code and "kubessh cannot enter w-0-1: no group key" in str(info.value)
+        assert time.monotonic() - begun < 1.0
+    else:
+        assert info.value.exit_code == ExitCode.WORKERS_UNREACHABLE, str(info.value)
+        assert "w-0-1: kubessh: cannot reach the API server" in str(info.value)

@@ -3,13 +3,13 @@
 LWS creates the pods -> the launcher discovers them through the API with the pod's own token under the
 chart's Role -> probes the worker through the agent -> mpirun starts one toy-model rank per pod -> a
 request to rank 0 at the leader's pod IP needs both ranks. Two agents carry mpirun's remote starts:
-``kubessh`` (exec through the API, the product) and ``pod-rsh`` (nsenter into the pod's sandbox, the
-agent of tests/integration), so the Kubernetes side is proven even while kubessh is being written.
+``kubessh`` (exec through the API, the product) and, in the parametrised tests, ``pod-rsh`` (nsenter
+into the pod's sandbox, the agent of tests/integration), which tells a Kubernetes failure from a
+kubessh one.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -32,19 +32,8 @@ pytestmark = pytest.mark.cluster
 DEBIAN_MPIRUN = "/usr/bin/mpirun"
 DEBIAN_LIBMPI = "/usr/lib/x86_64-linux-gnu/libmpi.so.40"
 POD_RSH = REPO / "tests" / "agents" / "pod-rsh"
+KUBESSH = ["--rsh-agent=kubessh"]
 GROUP_CHANGED_TARGET_S = 3.0
-
-
-def kubessh_missing() -> str | None:
-    """Why kubessh cannot carry a launch yet, or None once it can."""
-    path = shutil.which("kubessh", path=str(VENV_BIN))
-    if path is None:
-        return "kubessh is not installed in the virtualenv"
-    done = subprocess.run([path, "--probe", "nonexistent-pod"], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "LAUNCHER_GROUP_KEY": "none", "LAUNCHER_NAMESPACE": "none"})
-    if "not available in this release" in done.stderr:
-        return "kubessh is still the placeholder (exec through the API not implemented yet)"
-    return None
 
 
 def pod_rsh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -58,10 +47,7 @@ def pod_rsh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture(params=["pod-rsh", "kubessh"])
 def agent(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     if request.param == "kubessh":
-        why = kubessh_missing()
-        if why:
-            pytest.skip(why)
-        return ["--rsh-agent=kubessh"]
+        return KUBESSH
     return pod_rsh(tmp_path, monkeypatch)
 
 
@@ -216,10 +202,8 @@ def test_worker_pod_deleted_ends_the_leader_with_group_changed(cluster: Any, nam
 @pytest.mark.parametrize("mpi_flavour", ["ompi5", "ompi4"])
 def test_serving_holds_no_exec_stream(cluster: Any, namespace: str, tmp_path: Path, mpi_flavour: str) -> None:
     """A kubelet closes idle exec streams after hours: once serving, no rank may depend on one."""
-    if why := kubessh_missing():
-        pytest.skip(why)
     mpi = [] if mpi_flavour == "ompi5" else [f"--mpirun={DEBIAN_MPIRUN}", f"--env=MPI4PY_LIBMPI={DEBIAN_LIBMPI}"]
-    launch = start(cluster, namespace, tmp_path, ["--rsh-agent=kubessh"], mpi)
+    launch = start(cluster, namespace, tmp_path, KUBESSH, mpi)
     try:
         serve_and_answer(launch)
         # kubessh returns once the worker's daemon runs detached: nothing is left to close
@@ -265,13 +249,11 @@ def kill_rank(cluster: Any, ns: str, pod: str) -> None:
     ("container restarted", ExitCode.GROUP_CHANGED, "(worker 1) restarted (restarts 0 -> 1)", GROUP_CHANGED_TARGET_S),
     ("not ready", ExitCode.GROUP_CHANGED, "(worker 1) turned not ready", GROUP_CHANGED_TARGET_S),
 ])
-def test_a_fault_in_the_worker_pod_ends_the_leader(cluster: Any, namespace: str, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch, fault: str, exit_code: ExitCode,
-                                                   says: str, within_s: float) -> None:
-    agent = ["--rsh-agent=kubessh"] if kubessh_missing() is None else pod_rsh(tmp_path, monkeypatch)
+def test_a_fault_in_the_worker_pod_ends_the_leader(cluster: Any, namespace: str, tmp_path: Path, fault: str,
+                                                   exit_code: ExitCode, says: str, within_s: float) -> None:
     # LWS's default policy would itself recreate the group on a container restart, racing the
     # launcher's own watch: "None" leaves the launcher's reaction as the one under test.
-    launch = start(cluster, namespace, tmp_path, agent, [], restart_policy="None")
+    launch = start(cluster, namespace, tmp_path, KUBESSH, [], restart_policy="None")
     core = client.CoreV1Api(cluster.api)
     try:
         serve_and_answer(launch)
@@ -297,21 +279,18 @@ def test_a_fault_in_the_worker_pod_ends_the_leader(cluster: Any, namespace: str,
 
 
 def test_apiserver_restart_during_discovery_and_the_group_still_comes_up(
-        cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # One agent only: each apiserver restart lengthens the scheduler's re-watch backoff for later tests.
-    agent = ["--rsh-agent=kubessh"] if kubessh_missing() is None else pod_rsh(tmp_path, monkeypatch)
+        cluster: Any, namespace: str, tmp_path: Path) -> None:
     node = cluster.nodes[-1].name  # the worker's; the leader is kept off it (one pod per node)
     manifest = lws("late", 2, worker={"nodeSelector": {"launcher-e2e": "yes"}},
                    leader={"nodeName": cluster.nodes[0].name})
-    # the scheduler and kwok re-watch after the restart with client-go's backoff: seen to take over 60 s
-    launch = start(cluster, namespace, tmp_path, agent, [], name="late", manifest=manifest, discovery_timeout_s=240)
+    # generous: the scheduler and kwok re-watch after the restart with client-go's backoff
+    launch = start(cluster, namespace, tmp_path, KUBESSH, [], name="late", manifest=manifest, discovery_timeout_s=240)
     core = client.CoreV1Api(cluster.api)
     try:
         time.sleep(2.0)  # the launcher is watching its group, one pod short
         cluster.restart("kube-apiserver", down_s=1)
         core.patch_node(node, {"metadata": {"labels": {"launcher-e2e": "yes"}}})
         launch.pods = wait_group(cluster.api, namespace, "late", 2, timeout=240)
-        write_pod_pids(cluster, namespace, launch.pods)
         serve_and_answer(launch)
     finally:
         core.patch_node(node, {"metadata": {"labels": {"launcher-e2e": None}}})
@@ -325,9 +304,7 @@ def test_apiserver_restart_during_discovery_and_the_group_still_comes_up(
 def test_group_key_given_as_a_flag_reaches_the_agent(cluster: Any, namespace: str, tmp_path: Path) -> None:
     """kubessh learns the group it may enter from its environment: the launcher must put a key given
     only on its command line there, for the readiness probe and for mpirun alike."""
-    if why := kubessh_missing():
-        pytest.skip(why)
-    launch = start(cluster, namespace, tmp_path, ["--rsh-agent=kubessh"], [], tutorial_flags=True)
+    launch = start(cluster, namespace, tmp_path, KUBESSH, [], tutorial_flags=True)
     try:
         serve_and_answer(launch)
     finally:
@@ -337,9 +314,7 @@ def test_group_key_given_as_a_flag_reaches_the_agent(cluster: Any, namespace: st
 
 def test_a_role_without_exec_names_the_worker_verb_and_resource(cluster: Any, namespace: str,
                                                                  tmp_path: Path) -> None:
-    if why := kubessh_missing():
-        pytest.skip(why)
-    launch = start(cluster, namespace, tmp_path, ["--rsh-agent=kubessh"], [], exec_too=False)
+    launch = start(cluster, namespace, tmp_path, KUBESSH, [], exec_too=False)
     begun = time.monotonic()
     code = launch.proc.wait(timeout=60)
     took = time.monotonic() - begun

@@ -1,4 +1,5 @@
-"""Helpers for tests/cluster/test_kubessh.py: LWS groups with a ServiceAccount and a minimal Role."""
+"""Helpers for the kubessh and end-to-end cluster tests: LWS groups with a ServiceAccount and a minimal Role,
+and what tells whether an MPI daemon depends on its exec stream."""
 from __future__ import annotations
 
 import os

@@ -69,16 +69,15 @@ def _kubessh_probe(environ: Mapping[str, str]) -> Probe:
     # refusal with a group key known means the pod now belongs to another group (it was replaced).
     refused = ExitCode.GROUP_CHANGED if environ.get("LAUNCHER_GROUP_KEY") else ExitCode.CONFIG_INVALID
     final = {Exit.FORBIDDEN: ExitCode.FORBIDDEN, Exit.REFUSED: refused, Exit.USAGE: ExitCode.CONFIG_INVALID}
-    endpoints: list[server.ApiServer] = []  # found once, on first use, then shared by the threads
-    lock = threading.Lock()
+    try:
+        endpoint = server.load(dict(environ))  # once, before the probe threads share it
+    except KubesshError as exc:
+        raise LauncherError(f"readiness: kubessh: {exc}", final.get(exc.code, ExitCode.CONFIG_INVALID)) from None
 
     def probe(pod: str, timeout_s: float) -> tuple[bool, str]:
         # kubessh bounds a probe itself (10 s for the exec, its retry budget for the API)
         try:
-            with lock:
-                if not endpoints:
-                    endpoints.append(server.load(dict(environ)))
-            status = run(parse(["--probe", pod], environ), endpoints[0])
+            status = run(parse(["--probe", pod], environ), endpoint)
         except KubesshError as exc:
             if exc.code in final:
                 raise LauncherError(f"readiness: kubessh cannot enter {pod}: {exc}", final[exc.code]) from None

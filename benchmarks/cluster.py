@@ -39,7 +39,7 @@ from kubernetes import client, watch  # noqa: E402
 
 from cluster.controlplane import SYSTEM_PATH, Cluster  # noqa: E402
 from tests.cluster.lws import (NAME, apply_lws, grant_launcher_role, group_key, lws, pods_of,  # noqa: E402
-                                running_group)
+                                running_group, wait_for)
 from tests.integration.launch import private_repo, wait_ready  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -116,14 +116,9 @@ def logged_time(log: Path, text: str) -> float | None:
     return None
 
 
-def wait_until(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise RuntimeError(f"timed out waiting for {what}")
+def wait_until(what: str, check: Any, now: Any, timeout: float) -> Any:
+    """``wait_for`` polled every 20 ms, so that waiting adds little to a round."""
+    return wait_for(what, check, now, timeout, interval_s=0.02)
 
 
 def one_round(cluster: Cluster, size: int, agent: str, tmp: Path, serve_and_delete: bool) -> dict[str, float]:
@@ -132,7 +127,7 @@ def one_round(cluster: Cluster, size: int, agent: str, tmp: Path, serve_and_dele
     apply_lws(cluster.api, ns, lws("b", size, worker={"nodeSelector": {LABEL: "yes"}}, leader={}))
     leader = wait_until("the leader pod", lambda: next(
         (p for p in pods_of(cluster.api, ns, "b") if p.status.phase == "Running" and p.metadata.labels
-         and group_key(p)), None), 60)
+         and group_key(p)), None), lambda: pods_of(cluster.api, ns, "b"), 60)
     podnet = tmp / "podnet"
     rsh = pod_rsh_by_node(cluster, podnet)
     repo = private_repo(tmp) if not (tmp / "model_repository").exists() else tmp / "model_repository"
@@ -149,12 +144,14 @@ def one_round(cluster: Cluster, size: int, agent: str, tmp: Path, serve_and_dele
     try:
         # Only once the launcher has listed the group (its first progress line) is it watching: a fixed
         # sleep under load let the pods turn Running before it looked, timing its start-up instead.
-        wait_until("the launcher watching its group", lambda: logged_time(log, "pods running (worker"), 60)
+        wait_until("the launcher watching its group", lambda: logged_time(log, "pods running (worker"),
+                   lambda: log.read_text()[-2000:], 60)
         clock = RunningClock(cluster.api, ns, "b", size)
         for node in others:
             core.patch_node(node, {"metadata": {"labels": {LABEL: "yes"}}})
-        started = wait_until("mpirun started", lambda: logged_time(log, "mpirun started"), 60)
-        wait_until("the 2 s poll", lambda: clock.polled, 10)
+        started = wait_until("mpirun started", lambda: logged_time(log, "mpirun started"),
+                             lambda: log.read_text()[-2000:], 60)
+        wait_until("the 2 s poll", lambda: clock.polled, lambda: clock.polled, 10)
         clock.close()
         assert clock.watched is not None and clock.polled is not None
         figures["watch_s"] = started - clock.watched
@@ -194,7 +191,8 @@ def kubessh_round_trips(cluster: Cluster, count: int) -> list[float]:
     try:
         grant_launcher_role(cluster.api, ns)
         apply_lws(cluster.api, ns, lws("rt", 2))
-        leader, worker = wait_until("the group", lambda: running_group(cluster.api, ns, "rt", 2), 60)
+        leader, worker = wait_until("the group", lambda: running_group(cluster.api, ns, "rt", 2),
+                                    lambda: pods_of(cluster.api, ns, "rt"), 60)
         proc = cluster.popen_in_pod(ns, leader.metadata.name, [sys.executable, "-c", ROUND_TRIPS,
                                                                worker.metadata.name, str(count)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -99,12 +99,13 @@ def group_key(pod: client.V1Pod) -> str:
 T = TypeVar("T")
 
 
-def wait_for(what: str, check: Callable[[], T | None], now: Callable[[], Any], timeout: float = 60) -> T:
+def wait_for(what: str, check: Callable[[], T | None], now: Callable[[], Any], timeout: float = 60,
+             interval_s: float = 0.1) -> T:
     """The first truthy result of ``check``; on timeout, fail saying what was awaited and ``now()``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
-        time.sleep(0.1)
+        time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; now: {now()!r}")

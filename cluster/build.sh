@@ -2,15 +2,17 @@
 # Build (once) the real Kubernetes control plane used by tests/cluster.
 #
 # Pinned versions (mutually compatible, all build with Go 1.26):
-K8S_VERSION=v1.36.3      # kube-apiserver, kube-controller-manager, kube-scheduler
+K8S_VERSION=v1.36.3      # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
 LWS_VERSION=v0.9.0       # sigs.k8s.io/lws (built against k8s.io/* v0.36.2)
 KWOK_VERSION=v0.8.0      # sigs.k8s.io/kwok (client-go v0.36.1)
 ETCD_VERSION=v3.6.8      # go.etcd.io/etcd/server/v3 (what k8s 1.36 tests with). Not Debian's
                          # etcd-server 3.4.23: it lacks RequestWatchProgress (3.4.31+), so every
                          # client-go 0.36 watch-list fails and informers fall back slowly.
+CNI_VERSION=v1.10.0      # github.com/containernetworking/plugins: bridge, host-local, loopback, portmap
 #
 # Output: $CACHE/bin/<name> plus $CACHE/bin/<name>.version (the pin it was built
-# from); $CACHE/share/{lws-crds/*.yaml,lws-webhooks.yaml,kwok-stages/*.yaml}.
+# from), the CNI plugins in $CACHE/bin/cni/;
+# $CACHE/share/{lws-crds/*.yaml,lws-webhooks.yaml,kwok-stages/*.yaml}.
 # A binary whose .version matches its pin is never rebuilt. Builds run niced.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -60,7 +62,7 @@ build_k8s() {
   modgo "$d" build -ldflags="$ld" -o "$BIN/" "${pkgs[@]}"
   for b in "$@"; do stamp "$b" "$K8S_VERSION"; done
 }
-todo=(); for b in kube-apiserver kube-controller-manager kube-scheduler; do
+todo=(); for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
   fresh "$b" "$K8S_VERSION" || todo+=("$b")
 done
 (( ${#todo[@]} == 0 )) || timed build_k8s "${todo[@]}"
@@ -90,5 +92,15 @@ cp -f "$kwokdir"/kustomize/stage/node/fast/node-initialize.yaml \
   "$kwokdir"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
   "$kwokdir"/kustomize/stage/pod/fast/pod-*.yaml "$SHARE/kwok-stages/"
 chmod -R u+w "$SHARE"  # copies of read-only module files
+
+# --- CNI plugins for the real nodes' pod network ------------------------------
+build_cni() {
+  local p; mkdir -p "$BIN/cni"
+  for p in main/bridge ipam/host-local main/loopback meta/portmap; do
+    GOBIN="$BIN/cni" $NICE go install -ldflags="-s -w" "github.com/containernetworking/plugins/plugins/$p@$CNI_VERSION"
+  done
+  stamp cni "$CNI_VERSION"
+}
+[[ "$(cat "$BIN/cni.version" 2>/dev/null)" == "$CNI_VERSION" ]] || timed build_cni
 
 echo "build.sh: ready in $BIN"; (cd "$BIN" && for f in *.version; do echo "  ${f%.version}: $(cat "$f")"; done)

@@ -421,7 +421,8 @@ class Cluster:
                 for ev in watch.Watch().stream(core.list_pod_for_all_namespaces, timeout_seconds=5):
                     pod = ev["object"]
                     if (ev["type"] == "DELETED" or not pod.spec.node_name or pod.metadata.deletion_timestamp
-                            or (pod.metadata.annotations or {}).get(SANDBOX_READY)):
+                            or (pod.metadata.annotations or {}).get(SANDBOX_READY)
+                            or not any(n.name == pod.spec.node_name for n in self.nodes)):  # a real node's pod
                         continue
                     if self.pods_per_node == 1:
                         hostname = pod.spec.hostname or pod.metadata.name

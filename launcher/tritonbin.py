@@ -33,8 +33,7 @@ def _cache_dir() -> Path:
     return Path(base) / "lws-triton-launcher"
 
 
-def assemble_python_backend(pytriton_root: Path, cache: Path) -> Path:
-    """A backend directory whose python backend has this interpreter's stub."""
+def _python_stub(pytriton_root: Path) -> Path:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = pytriton_root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
@@ -42,23 +41,53 @@ def assemble_python_backend(pytriton_root: Path, cache: Path) -> Path:
             f"{stub}: nvidia-pytriton has no python backend stub for Python {version}; "
             "use Python 3.10-3.13 or pass --tritonserver with a full Triton install"
         )
-    key = hashlib.sha256(str(pytriton_root).encode()).hexdigest()[:12]
-    backends = cache / f"backends-{key}-py{version}"
+    return stub
+
+
+def link_python_backend(pytriton_root: Path, backends: Path) -> None:
+    """``backends/python``: links to the wheel's python backend plus this interpreter's stub."""
+    stub = _python_stub(pytriton_root)
     python_dir = backends / "python"
     target = python_dir / "triton_python_backend_stub"
-    if not target.exists():
-        python_dir.mkdir(parents=True, exist_ok=True)
-        for item in (pytriton_root / "backends" / "python").iterdir():
-            link = python_dir / item.name
-            if item.name != "__pycache__" and not link.exists():
-                link.symlink_to(item)
-        # A link, not a copy: the stub finds its bundled libraries relative
-        # to its real location.
-        partial = target.with_suffix(".partial")
-        partial.unlink(missing_ok=True)
-        partial.symlink_to(stub)
-        partial.replace(target)
+    if target.exists():
+        return
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for item in (pytriton_root / "backends" / "python").iterdir():
+        link = python_dir / item.name
+        if item.name != "__pycache__" and not link.exists():
+            link.symlink_to(item)
+    # A link, not a copy: the stub finds its bundled libraries relative
+    # to its real location.
+    partial = target.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    partial.symlink_to(stub)
+    partial.replace(target)
+
+
+def assemble_python_backend(pytriton_root: Path, cache: Path) -> Path:
+    """A backend directory whose python backend has this interpreter's stub."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    key = hashlib.sha256(str(pytriton_root).encode()).hexdigest()[:12]
+    backends = cache / f"backends-{key}-py{version}"
+    link_python_backend(pytriton_root, backends)
     return backends
+
+
+def install_layout(target: Path) -> str:
+    """Lay the pytriton build out as Triton's own images do: ``target/bin/tritonserver`` and
+    ``target/backends``, its default backend directory, so that every pod of a group finds the same
+    files at the same paths (a cache directory assembled by the leader exists in the leader's pod
+    only). Nothing to do where ``target`` already holds a tritonserver. Returns what was done."""
+    binary = target / "bin" / "tritonserver"
+    if binary.exists():
+        return f"{binary} exists; nothing to do"
+    root = _pytriton_root()
+    if root is None:
+        raise MissingExecutableError(f"{binary} does not exist and nvidia-pytriton is not installed")
+    link_python_backend(root, target / "backends")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    binary.symlink_to(root / "bin" / "tritonserver")
+    return f"{binary} -> {root / 'bin' / 'tritonserver'}, python backend in {target / 'backends'}"
 
 
 def find_tritonserver(requested: str = "tritonserver") -> TritonCommand:
@@ -80,3 +109,7 @@ def find_tritonserver(requested: str = "tritonserver") -> TritonCommand:
         f"--tritonserver={requested}: no such executable; install Triton (or pip install "
         "'lws-triton-launcher[local]' for the CPU build) or pass the binary's path"
     )
+
+
+if __name__ == "__main__":  # python -m launcher.tritonbin <dir>: used by the CPU image's build
+    print(install_layout(Path(sys.argv[1])))

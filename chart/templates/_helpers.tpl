@@ -243,6 +243,9 @@ image: {{ include "lws-triton.image" . }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 command:
   - launcher
+# The launcher's last log lines (its one-line error) become the container's
+# termination message: `kubectl describe pod` shows why it exited.
+terminationMessagePolicy: FallbackToLogsOnError
 {{- with .Values.securityContext }}
 securityContext:
   {{- toYaml . | nindent 2 }}

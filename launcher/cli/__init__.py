@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import click
 
 from ..errors import ExitCode, LauncherError
+from ..pid1 import become_init_if_pid1
 from .dry_run import dry_run
 from .leader import leader, parse_leader_args
 from .local import local
@@ -35,6 +36,7 @@ cli.add_command(preflight)
 
 
 def main(argv: Sequence[str] | None = None, prog_name: str = "launcher") -> int:
+    become_init_if_pid1()
     try:
         result = cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name,
                           standalone_mode=False)

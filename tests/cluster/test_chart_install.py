@@ -3,7 +3,6 @@ pods carrying the chart's labels and LWS's, `helm upgrade` adds a group, `helm u
 nothing, and two releases in one namespace select only their own pods."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,16 +13,15 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.chart.chart_helpers import CHART, INSTALL_HINT, TOOLS, find_tool
+from tests.chart.chart_helpers import INSTALL_HINT, find_tool
 from tests.chart.chart_helpers import LWS_GROUP_KEY as GROUP_KEY, LWS_NAME as NAME, LWS_WORKER_INDEX as WORKER_INDEX
+from tests.cluster.helm import CLAIM, INSTANCE, Release, describe, provide_claim, running
 from tests.cluster.lws import wait_for
 from tests.conftest import http_get
 from tests.integration.launch import expected_output, infer, private_repo, wait_ready
 
 pytestmark = pytest.mark.cluster
 
-INSTANCE = "app.kubernetes.io/instance"
-CLAIM = "models"
 MODEL_REPO = "/var/run/models/toy/triton_model_repo"
 VENV_BIN = Path(sys.executable).parent
 # Values that fit the test cluster (4 nodes of 8 "GPUs", one pod per node): a group of 2 pods.
@@ -44,77 +42,6 @@ EXPECTED_LEADER_ARGS = [
 EXPECTED_WORKER_ARGS = ["worker", "--health-port=8080", "--log-format=text"]
 
 
-class Release:
-    """helm against the test cluster's apiserver, in one namespace."""
-
-    def __init__(self, binary: Path, kubeconfig: Path, namespace: str) -> None:
-        self.binary, self.kubeconfig, self.namespace = binary, kubeconfig, namespace
-
-    def helm(self, *args: str) -> str:
-        home = TOOLS / "helm-home"
-        env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
-               "HELM_DATA_HOME": str(home / "data")}
-        result = subprocess.run([str(self.binary), *args, "--kubeconfig", str(self.kubeconfig),
-                                 "--namespace", self.namespace], capture_output=True, text=True, timeout=120, env=env)
-        assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
-        return result.stdout
-
-    def install(self, name: str, **overrides: str) -> None:
-        self.helm("install", name, str(CHART), *set_flags({**VALUES, **overrides}))
-
-    def upgrade(self, name: str, **overrides: str) -> None:
-        self.helm("upgrade", name, str(CHART), *set_flags({**VALUES, **overrides}))
-
-    def uninstall(self, name: str) -> None:
-        self.helm("uninstall", name)
-
-    def releases(self) -> list[str]:
-        return [r["name"] for r in json.loads(self.helm("list", "--output", "json"))]
-
-
-STRING_VALUES = {"image.tag", "resources.ephemeralStorage"}
-
-
-def set_flags(values: dict[str, str]) -> list[str]:
-    return [flag for key, value in values.items()
-            for flag in ("--set-string" if key in STRING_VALUES else "--set", f"{key}={value}")]
-
-
-def release_pods(core: client.CoreV1Api, ns: str, release: str) -> list[client.V1Pod]:
-    pods = core.list_namespaced_pod(ns, label_selector=f"{INSTANCE}={release}").items
-    return sorted((p for p in pods if p.metadata.deletion_timestamp is None),
-                  key=lambda p: (p.metadata.labels.get("leaderworkerset.sigs.k8s.io/group-index", ""),
-                                 int(p.metadata.labels.get(WORKER_INDEX, "-1"))))
-
-
-def running(core: client.CoreV1Api, ns: str, release: str, count: int) -> list[client.V1Pod] | None:
-    pods = release_pods(core, ns, release)
-    ok = len(pods) == count and all(p.status.phase == "Running" and p.status.pod_ip for p in pods)
-    return pods if ok else None
-
-
-def describe(core: client.CoreV1Api, ns: str) -> list[tuple[str, str, str, list[str]]]:
-    return [(p.metadata.name, p.status.phase, str((p.metadata.labels or {}).get(INSTANCE)),
-             [f"{c.type}={c.status} {c.message or ''}" for c in p.status.conditions or []])
-            for p in core.list_namespaced_pod(ns).items]
-
-
-def provide_claim(core: client.CoreV1Api, ns: str) -> str:
-    """The model-repository claim the chart mounts, bound to a PV of this test (no provisioner here)."""
-    pv = f"models-{ns}"
-    core.create_persistent_volume({
-        "metadata": {"name": pv},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/tmp/{pv}"}}})
-    core.create_namespaced_persistent_volume_claim(ns, {
-        "metadata": {"name": CLAIM},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                 "resources": {"requests": {"storage": "1Gi"}}}})
-    wait_for("the model claim to bind", lambda: core.read_namespaced_persistent_volume_claim(CLAIM, ns).status.phase
-         == "Bound", lambda: core.read_namespaced_persistent_volume_claim(CLAIM, ns).status)
-    return pv
-
-
 @pytest.fixture
 def helm_in(cluster: Any, namespace: str) -> Iterator[Release]:
     binary = find_tool("helm", "HELM")
@@ -128,7 +55,7 @@ def helm_in(cluster: Any, namespace: str) -> Iterator[Release]:
 
 def test_install_creates_a_group_with_the_charts_labels_env_and_args(cluster: Any, helm_in: Release) -> None:
     ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
-    helm_in.install("alpha")
+    helm_in.install("alpha", VALUES)
     lws = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
         "leaderworkerset.x-k8s.io", "v1", ns, "leaderworkersets", "alpha-lws-triton")
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2 and lws["spec"]["replicas"] == 1
@@ -172,9 +99,9 @@ def assert_args_parse_as_the_group(argv: list[str], env: dict[str, str], key: st
 
 def test_upgrade_to_two_replicas_creates_a_second_group(cluster: Any, helm_in: Release) -> None:
     ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
-    helm_in.install("alpha")
+    helm_in.install("alpha", VALUES)
     first = wait_for("the first group", lambda: running(core, ns, "alpha", 2), lambda: describe(core, ns))
-    helm_in.upgrade("alpha", **{"lws.replicas": "2"})
+    helm_in.upgrade("alpha", {**VALUES, "lws.replicas": "2"})
     pods = wait_for("two groups (4 pods)", lambda: running(core, ns, "alpha", 4), lambda: describe(core, ns))
     assert sorted(p.metadata.name for p in pods) == [
         "alpha-lws-triton-0", "alpha-lws-triton-0-1", "alpha-lws-triton-1", "alpha-lws-triton-1-1"]
@@ -206,7 +133,7 @@ def leftovers(api: client.ApiClient, ns: str, release: str) -> list[str]:
 
 def test_uninstall_leaves_nothing_of_the_release(cluster: Any, helm_in: Release) -> None:
     ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
-    helm_in.install("alpha")
+    helm_in.install("alpha", VALUES)
     wait_for("the group", lambda: running(core, ns, "alpha", 2), lambda: describe(core, ns))
     before = leftovers(cluster.api, ns, "alpha")
     for kind in ("LeaderWorkerSet", "Pod", "StatefulSet", "Service", "ServiceAccount", "Role", "RoleBinding",
@@ -222,7 +149,7 @@ def test_uninstall_leaves_nothing_of_the_release(cluster: Any, helm_in: Release)
 def test_two_releases_select_only_their_own_leader_pods(cluster: Any, helm_in: Release) -> None:
     ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
     for release in ("alpha", "beta"):
-        helm_in.install(release)
+        helm_in.install(release, VALUES)
     for release in ("alpha", "beta"):
         wait_for(f"{release}'s group", lambda: running(core, ns, release, 2), lambda: describe(core, ns))
 
@@ -238,8 +165,8 @@ def test_the_charts_group_serves_with_the_charts_commands(cluster: Any, helm_in:
     ServiceAccount under the chart's Role -> discovery, kubessh, mpirun -> the toy model answers."""
     ns, core = helm_in.namespace, client.CoreV1Api(cluster.api)
     repo = private_repo(tmp_path)  # no kubelet mounts the claim here: the "mount" is this directory
-    helm_in.install("srv", **{"modelRepository.mountPath": str(tmp_path), "modelRepository.path": str(repo),
-                              "modelRepository.model": "toy_tp"})
+    helm_in.install("srv", {**VALUES, "modelRepository.mountPath": str(tmp_path), "modelRepository.path": str(repo),
+                            "modelRepository.model": "toy_tp"})
     leader, worker = wait_for("leader and worker Running", lambda: running(core, ns, "srv", 2),
                               lambda: describe(core, ns))
     processes = {}

@@ -1,0 +1,229 @@
+"""The project's image, run by real kubelets: helm install -> both pods Running and Ready through the
+kubelet's own probes -> a request to the Service's ClusterIP (kube-proxy) answered by both ranks;
+kubessh through the kubelet's exec streaming; faults, each ending with the group serving again
+under LWS, no zombie in any container and nothing of the old pods left on the nodes.
+
+The tests share one release and run in file order: each fault starts from a serving group.
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from cluster.controlplane import Cluster
+from cluster.realnode import NODE_LABEL, TAINT, RealNodes
+from launcher.errors import ExitCode
+from tests.chart.chart_helpers import INSTALL_HINT, find_tool
+from tests.cluster.helm import Release, describe, provide_claim, release_pods
+from tests.cluster.lws import wait_for
+from tests.cluster.realnode.pods import ExitRecorder, container_processes, lasting_zombies, leftovers
+from tests.integration.launch import TOY_REPO, expected_output, infer
+
+pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
+
+RELEASE = "srv"
+MOUNT = "/var/run/models"
+GRACE_S = 20
+RECOVERY_S = 240  # a fault -> the recreated group answering again
+
+
+@dataclass
+class Served:
+    cluster: Cluster
+    nodes: RealNodes
+    helm: Release
+    ns: str
+    exits: ExitRecorder
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.cluster.api)
+
+    def pods(self) -> list[client.V1Pod]:
+        return release_pods(self.core, self.ns, RELEASE)
+
+    def describe(self) -> Any:
+        """The pods now, and every container exit seen so far with its message (pods LWS deleted too)."""
+        return {"pods": describe(self.core, self.ns), "exits": sorted(self.exits.ended, key=lambda e: e.finished)}
+
+    def service_ip(self) -> str:
+        return str(self.core.read_namespaced_service(f"{RELEASE}-lws-triton-api", self.ns).spec.cluster_ip)
+
+    def pid1(self, pod: client.V1Pod) -> int:
+        return self.nodes.container_pid(self.ns, pod.metadata.name, pod.spec.containers[0].name)
+
+
+def values(image: str, repo: str) -> dict[str, Any]:
+    repository, tag = image.rsplit(":", 1)
+    return {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "tensorrtLLM": {"parallelism": {"tensor": 2, "pipeline": 1}}, "gpuPerNode": 1,
+        "resources": {"cpu": 1, "memory": "2Gi", "ephemeralStorage": "", "efa": 0}, "shmSize": "256Mi",
+        "startup": {"timeoutSeconds": 180, "discoveryTimeoutSeconds": 120},
+        "modelRepository": {"persistentVolumeClaim": "models", "mountPath": MOUNT, "path": repo, "model": "toy_tp"},
+        "service": {"type": "ClusterIP"},
+        "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
+        "tolerations": [{"key": TAINT["key"], "operator": "Exists", "effect": TAINT["effect"]}],
+        "terminationGracePeriodSeconds": GRACE_S,
+    }
+
+
+@pytest.fixture(scope="module")
+def served(cluster: Cluster, real_nodes: RealNodes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    binary = find_tool("helm", "HELM")
+    if binary is None:
+        pytest.skip(f"helm not found: {INSTALL_HINT}")
+    ns = cluster.create_namespace("real")
+    models = tmp_path_factory.mktemp("models")
+    shutil.copytree(TOY_REPO, models / "toy", ignore=shutil.ignore_patterns("__pycache__"))
+    models.chmod(0o755)
+    core = client.CoreV1Api(cluster.api)
+    pv = provide_claim(core, ns, models)
+    values_file = models.parent / f"{ns}-values.yaml"
+    values_file.write_text(yaml.safe_dump(values(real_nodes.image, f"{MOUNT}/toy")))
+    helm = Release(binary, cluster.kubeconfig, ns)
+    served = Served(cluster, real_nodes, helm, ns, ExitRecorder(cluster.api, ns))
+    helm.helm("install", RELEASE, str(Path(__file__).parents[3] / "chart"), "-f", str(values_file))
+    try:
+        yield served
+    finally:
+        served.exits.close()
+        helm.helm("uninstall", RELEASE, "--wait", "--timeout", "60s")
+        cluster.delete_namespace(ns, timeout=120)
+        core.delete_persistent_volume(pv)
+
+
+def ready_group(s: Served, not_uids: set[str] = frozenset()) -> list[client.V1Pod] | None:  # type: ignore[assignment]
+    """Leader and worker Running and Ready (the kubelet's own probes), none of ``not_uids``."""
+    pods = [p for p in s.pods() if p.metadata.deletion_timestamp is None]
+    ok = len(pods) == 2 and all(
+        p.status.phase == "Running" and p.metadata.uid not in not_uids
+        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) for p in pods)
+    return pods if ok else None
+
+
+def answers(s: Served) -> tuple[list[float], int] | None:
+    try:
+        return infer(8000, [1.0, 2.0, 3.0], host=s.service_ip())
+    except Exception:  # noqa: BLE001 - not yet routed or not yet serving
+        return None
+
+
+def serving_again(s: Served, old: list[client.V1Pod], timeout: float = RECOVERY_S) -> list[client.V1Pod]:
+    """A group of new pods, Ready, answering through the Service with both ranks."""
+    t0 = time.monotonic()
+    old_uids = {p.metadata.uid for p in old}
+    pods = wait_for("a new group Ready", lambda: ready_group(s, old_uids), s.describe, timeout)
+    wait_for("an answer through the Service", lambda: answers(s), s.describe, timeout - (time.monotonic() - t0))
+    assert answers(s) == (expected_output([1.0, 2.0, 3.0], 2), 2)
+    print(f"serving again after {time.monotonic() - t0:.1f}s")
+    return pods
+
+
+def assert_clean(s: Served, pods: list[client.V1Pod]) -> None:
+    """No zombie in any container of the group, and nothing of another pod left on the nodes."""
+    for pod in pods:
+        assert lasting_zombies(s.pid1(pod)) == [], pod.metadata.name
+    live = {p.metadata.uid for p in s.core.list_namespaced_pod(s.ns).items} | {
+        p.metadata.uid for p in s.core.list_pod_for_all_namespaces(field_selector="spec.nodeName!=").items}
+    assert wait_for("no process of a gone pod on the nodes", lambda: not leftovers(s.nodes, live) or None,
+                    lambda: leftovers(s.nodes, live), 30) is True
+
+
+def test_install_serves_through_the_service(served: Served) -> None:
+    s = served
+    t0 = time.monotonic()
+    leader, worker = wait_for("leader and worker Ready", lambda: ready_group(s), s.describe, 180)
+    assert {leader.spec.node_name, worker.spec.node_name} == {n.name for n in s.nodes.nodes}  # one pod per node
+    assert wait_for("an answer through the Service", lambda: answers(s), s.describe, 60) == (
+        expected_output([1.0, 2.0, 3.0], 2), 2)
+    print(f"helm install -> answer through the Service: {time.monotonic() - t0:.1f}s")
+    assert_clean(s, [leader, worker])
+
+
+def test_kubessh_started_the_worker_rank_through_exec_and_holds_no_stream(served: Served) -> None:
+    s = served
+    leader, worker = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    leader_procs = container_processes(s.pid1(leader))
+    assert [p for p in leader_procs if p.name == "kubessh"] == []  # no exec stream held while serving
+    worker_pid1 = s.pid1(worker)
+    procs = {p.pid: p for p in container_processes(worker_pid1)}
+    daemons = [p for p in procs.values() if p.name == "orted"]
+    ranks = [p for p in procs.values() if p.name == "tritonserver"]
+    assert len(daemons) == 1 and len(ranks) == 1, procs
+    # started by an exec (the only way into the container besides its own command), then detached:
+    # re-parented to the container's PID 1, no exec'd shell left between it and the container
+    assert daemons[0].ppid == worker_pid1 and ranks[0].ppid == daemons[0].pid, procs
+    assert sorted(p.name for p in procs.values() if p.ppid not in procs and p.pid != worker_pid1) == []
+
+
+def test_rank_killed_in_the_worker_container(served: Served) -> None:
+    s = served
+    leader, worker = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    worker_pid1 = s.pid1(worker)
+    rank = next(p for p in container_processes(worker_pid1) if p.name == "tritonserver")
+    signal_process(rank.pid, signal.SIGKILL)
+    # the worker's agent ends the rest of its ranks' processes; PID 1 reaps them
+    assert lasting_zombies(worker_pid1) == []
+    pods = serving_again(s, [leader, worker])
+    assert ExitCode.RANK_LOST in [e.exit_code for e in s.exits.of(leader.metadata.uid)], s.exits.of(leader.metadata.uid)
+    assert_clean(s, pods)
+
+
+def test_leader_pod_deleted_stops_every_rank_and_exits_0(served: Served) -> None:
+    s = served
+    leader, worker = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    t0 = time.time()
+    s.core.delete_namespaced_pod(leader.metadata.name, s.ns)
+    ended = wait_for("the leader container's exit", lambda: s.exits.of(leader.metadata.uid), s.describe, GRACE_S + 10)
+    assert [(e.container, e.exit_code) for e in ended] == [("leader", 0)], ended
+    assert ended[0].finished - t0 < GRACE_S, f"took {ended[0].finished - t0:.1f}s of the {GRACE_S}s grace"
+    print(f"leader pod deleted -> container exited 0 after {ended[0].finished - t0:.1f}s")
+    assert_clean(s, serving_again(s, [leader, worker]))
+
+
+def test_worker_liveness_failure_restarts_it_and_recreates_the_group(served: Served) -> None:
+    s = served
+    leader, worker = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    agent = next(p for p in container_processes(s.pid1(worker)) if p.name == "launcher" and p.pid != s.pid1(worker))
+    signal_process(agent.pid, signal.SIGSTOP)  # its health server stops answering the liveness probe
+    wait_for("the kubelet's liveness kill", lambda: any(
+        e.reason == "Unhealthy" and "Liveness" in (e.message or "") for e in s.core.list_namespaced_event(
+            s.ns, field_selector=f"involvedObject.name={worker.metadata.name}").items), s.describe, 90)
+    assert_clean(s, serving_again(s, [leader, worker]))
+
+
+def test_worker_main_process_killed(served: Served) -> None:
+    s = served
+    leader, worker = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    signal_process(s.pid1(worker), signal.SIGKILL)
+    pods = serving_again(s, [leader, worker])
+    assert 137 in [e.exit_code for e in s.exits.of(worker.metadata.uid)], s.exits.of(worker.metadata.uid)
+    assert_clean(s, pods)
+
+
+def test_image_commands_run_in_the_container(served: Served) -> None:
+    s = served
+    leader, _ = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    kubectl = find_tool("kubectl", "KUBECTL")
+    if kubectl is None:
+        pytest.skip(f"kubectl not found: {INSTALL_HINT}")
+    import subprocess
+    for argv in (["launcher", "--help"], ["kubessh", "--help"], ["python3", "/opt/launcher/server.py", "--help"]):
+        result = subprocess.run([str(kubectl), "--kubeconfig", str(s.cluster.kubeconfig), "-n", s.ns, "exec",
+                                 leader.metadata.name, "--", *argv], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "usage" in result.stdout.lower(), (argv, result.stdout, result.stderr)
+
+
+def signal_process(pid: int, sig: signal.Signals) -> None:
+    import os
+    os.kill(pid, sig)

@@ -7,8 +7,10 @@ The tests share one release and run in file order: each fault starts from a serv
 """
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -214,16 +216,44 @@ def test_worker_main_process_killed(served: Served) -> None:
 def test_image_commands_run_in_the_container(served: Served) -> None:
     s = served
     leader, _ = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
-    kubectl = find_tool("kubectl", "KUBECTL")
-    if kubectl is None:
-        pytest.skip(f"kubectl not found: {INSTALL_HINT}")
-    import subprocess
     for argv in (["launcher", "--help"], ["kubessh", "--help"], ["python3", "/opt/launcher/server.py", "--help"]):
-        result = subprocess.run([str(kubectl), "--kubeconfig", str(s.cluster.kubeconfig), "-n", s.ns, "exec",
-                                 leader.metadata.name, "--", *argv], capture_output=True, text=True, timeout=60)
+        result = kubectl_exec(s, leader.metadata.name, argv)
         assert result.returncode == 0 and "usage" in result.stdout.lower(), (argv, result.stdout, result.stderr)
 
 
+def test_orphans_of_an_exec_are_reaped_by_the_containers_pid1(served: Served) -> None:
+    """What kubessh's detached daemons become when they end: children of the container's PID 1."""
+    s = served
+    _, worker = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    result = kubectl_exec(s, worker.metadata.name, ["sh", "-c", "(sleep 0.3 &); (sleep 0.3 &); (sleep 0.3 &)"])
+    assert result.returncode == 0, result.stderr
+    time.sleep(1)
+    assert lasting_zombies(s.pid1(worker)) == []
+
+
+def test_a_pod_that_cannot_start_is_described_by_its_kubelet_event(served: Served) -> None:
+    s = served
+    pod = {"metadata": {"name": "no-image"}, "spec": {
+        "containers": [{"name": "main", "image": "localhost/not-built:here", "imagePullPolicy": "Never"}],
+        "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
+        "tolerations": [{"key": TAINT["key"], "operator": "Exists", "effect": TAINT["effect"]}]}}
+    s.core.create_namespaced_pod(s.ns, pod)
+    try:
+        with pytest.raises(AssertionError, match="ErrImageNeverPull"):  # what the failure names
+            wait_for("no-image Running", lambda: s.core.read_namespaced_pod("no-image", s.ns).status.phase
+                     == "Running", s.describe, 20)
+    finally:
+        s.core.delete_namespaced_pod("no-image", s.ns, grace_period_seconds=0)
+
+
+def kubectl_exec(s: Served, pod: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``kubectl exec``: through the apiserver and the node's kubelet into the container."""
+    kubectl = find_tool("kubectl", "KUBECTL")
+    if kubectl is None:
+        pytest.skip(f"kubectl not found: {INSTALL_HINT}")
+    return subprocess.run([str(kubectl), "--kubeconfig", str(s.cluster.kubeconfig), "-n", s.ns, "exec", pod, "--",
+                           *argv], capture_output=True, text=True, timeout=60)
+
+
 def signal_process(pid: int, sig: signal.Signals) -> None:
-    import os
     os.kill(pid, sig)

@@ -26,6 +26,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from .sandbox import LOCK, sh
 IMAGES = CACHE / "images"  # cluster/image.sh's archives
 CNI_BIN = BIN / "cni"
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
-PREFIX = "lr"  # CNI bridges are named lr<owner pid>n<k>; stale ones (dead owner) are removed
+PREFIX = "lr"  # node ids: lr<owner pid>n<k>, the name of the node's bridge, cgroup root and directory
 CGROUP = Path("/sys/fs/cgroup")
 POD_NETWORKS = [ipaddress.ip_network(f"10.214.{k}.0/24") for k in range(256)]
 CLUSTER_CIDR = "10.214.0.0/16"
@@ -50,10 +51,10 @@ DEVICE_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")  # f
 @dataclass
 class RealNode:
     name: str
+    id: str  # lr<owner pid>n<k>: unique on this machine; a dead owner marks what a killed run left
     ip: str
     subnet: ipaddress.IPv4Network
-    dir: Path
-    bridge: str
+    dir: Path  # .../real-nodes/<id>
     containerd: Proc | None = None
     kubelet: Proc | None = None
 
@@ -62,9 +63,12 @@ class RealNode:
         return self.dir / "containerd.sock"
 
     @property
+    def bridge(self) -> str:
+        return self.id
+
+    @property
     def cgroup_root(self) -> str:
-        """Unique per test run like the bridge (``lr<pid>n<k>``), so two runs on one machine never share it."""
-        return f"/{self.bridge}"
+        return f"/{self.id}"
 
     def ctr(self, *args: str, timeout: float = 600) -> str:
         return subprocess.run(["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args],
@@ -128,10 +132,10 @@ class RealNodes:
             if node.kubelet is not None:
                 node.kubelet.stop(timeout=5)
         for node in self.nodes:
-            _kill_node_processes(node)
+            _kill(lambda: cgroup_pids(node.cgroup_root) + _shims_under(f"/{node.id}/"))
             if node.containerd is not None:
                 node.containerd.stop(timeout=5)
-            _unmount_under(node.dir)
+            _unmount_under(f"/{node.id}/")
             _remove_cgroup(node.cgroup_root)
             subprocess.run(["ip", "link", "del", node.bridge], capture_output=True)
         if self.proxy is not None:
@@ -149,19 +153,18 @@ class RealNodes:
                 r"(\d+\.\d+\.\d+\.\d+/\d+)", sh("ip", "-4", "-o", "addr") + sh("ip", "-4", "route"))]
             free = iter(n for n in POD_NETWORKS if not any(n.overlaps(u) for u in used))
             for i in range(self.count):
-                name = f"real-{i}"
-                d = self.dir / name
+                node_id = f"{PREFIX}{os.getpid()}n{i}"
+                d = self.dir / node_id
                 d.mkdir(parents=True, exist_ok=True)
                 # each node its own address on the control plane's bridge, where the apiserver listens
                 ip = self.cluster.network.next_ip()
                 sh("ip", "addr", "add", f"{ip}/32", "dev", self.cluster.network.bridge)
                 subnet = next(free)
-                bridge = f"{PREFIX}{os.getpid()}n{i}"
                 # CNI's bridge plugin creates it on the first pod; made here so the subnet is taken at once
-                sh("ip", "link", "add", bridge, "type", "bridge")
-                sh("ip", "addr", "add", f"{subnet[1]}/{subnet.prefixlen}", "dev", bridge)
-                sh("ip", "link", "set", bridge, "up")
-                self.nodes.append(RealNode(name, ip, subnet, d, bridge))
+                sh("ip", "link", "add", node_id, "type", "bridge")
+                sh("ip", "addr", "add", f"{subnet[1]}/{subnet.prefixlen}", "dev", node_id)
+                sh("ip", "link", "set", node_id, "up")
+                self.nodes.append(RealNode(f"real-{i}", node_id, ip, subnet, d))
 
     def _start_containerd(self, node: RealNode) -> None:
         d = node.dir
@@ -357,48 +360,49 @@ def cgroup_pids(root: str) -> list[int]:
     return sorted(pids)
 
 
-def _shims_of(socket: Path) -> list[int]:
-    """containerd shims serving ``socket``'s containerd (they outlive it: they are re-parented to init)."""
+def _shims_under(marker: str) -> list[int]:
+    """containerd shims whose containerd socket path contains ``marker`` (a node's directory)."""
     found = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             with contextlib.suppress(OSError):
-                argv = (p / "cmdline").read_bytes().split(b"\0")
-                if argv and argv[0].endswith(SHIM.encode()) and str(socket).encode() in argv:
+                argv = (p / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                if argv[0].endswith(SHIM) and "-address" in argv and marker in argv[argv.index("-address") + 1]:
                     found.append(int(p.name))
     return found
 
 
-def _kill_node_processes(node: RealNode) -> None:
-    """Every container process of the node (its cgroup root), then its shims."""
-    for _ in range(3):
-        pids = cgroup_pids(node.cgroup_root) + _shims_of(node.socket)
-        if not pids:
+def _kill(pids: Callable[[], list[int]]) -> None:
+    """SIGKILL what ``pids()`` names until it names nothing (a few rounds: a dying shim may start no more)."""
+    for _ in range(5):
+        found = pids()
+        if not found:
             return
-        for pid in pids:
+        for pid in found:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
 
 
-def _unmount_under(directory: Path) -> None:
-    """Lazily unmount what containerd and the kubelet left mounted below ``directory`` (deepest first)."""
-    prefix = str(directory) + "/"
+def _unmount_under(marker: str) -> None:
+    """Lazily unmount every mount whose path contains ``marker`` (a node's directory), deepest first."""
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-    for target in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+    for target in sorted((m for m in mounts if marker in m), key=len, reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True)
 
 
 def remove_stale() -> None:
-    """What a killed test run left: shims of containerds under a gone directory, CNI bridges of a dead owner."""
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            with contextlib.suppress(OSError):
-                argv = (p / "cmdline").read_bytes().decode(errors="replace").split("\0")
-                if argv[0].endswith(SHIM) and "-address" in argv:
-                    sock = Path(argv[argv.index("-address") + 1])
-                    if "real-nodes" in sock.parts and not sock.exists():
-                        os.kill(int(p.name), signal.SIGKILL)
-    for m in re.finditer(rf"^\d+: ({PREFIX}(\d+)n\d+)[:@]", sh("ip", "-o", "link", "show", "type", "bridge"), re.M):
-        if not Path(f"/proc/{m.group(2)}").exists():
-            subprocess.run(["ip", "link", "del", m.group(1)], capture_output=True)
+    """What a killed run left behind, found by its node ids (``lr<pid>n<k>``) whose owner is dead: the
+    processes in their cgroups, their shims (re-parented to init, they outlive containerd), their
+    mounts, cgroups and bridges."""
+    ids = {d.name for h in _hierarchies() for d in h.glob(f"{PREFIX}*n*")}
+    ids |= set(re.findall(rf"^\d+: ({PREFIX}\d+n\d+)[:@]", sh("ip", "-o", "link", "show", "type", "bridge"), re.M))
+    stale = {i for i in ids if re.fullmatch(rf"{PREFIX}\d+n\d+", i)
+             and not Path(f"/proc/{i[len(PREFIX):].split('n')[0]}").exists()}
+    if not stale:
+        return
+    for node_id in stale:
+        _kill(lambda: cgroup_pids(f"/{node_id}") + _shims_under(f"/{node_id}/"))
+        _unmount_under(f"/{node_id}/")
+        _remove_cgroup(f"/{node_id}")
+        subprocess.run(["ip", "link", "del", node_id], capture_output=True)

@@ -8,75 +8,24 @@ The tests share one release and run in file order: each fault starts from a serv
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from cluster.controlplane import Cluster
 from cluster.realnode import NODE_LABEL, TAINT, RealNodes
 from launcher.errors import ExitCode
 from tests.chart.chart_helpers import INSTALL_HINT, find_tool
-from tests.cluster.helm import Release, describe, provide_claim, release_pods
 from tests.cluster.lws import wait_for
-from tests.cluster.realnode.pods import ExitRecorder, container_processes, lasting_zombies, leftovers
-from tests.integration.launch import TOY_REPO, expected_output, infer
+from tests.cluster.realnode.pods import container_processes, lasting_zombies, leftovers
+from tests.cluster.realnode.release import GRACE_S, Served, answers, installed, ready_group, serving_again
+from tests.integration.launch import expected_output
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
-
-RELEASE = "srv"
-MOUNT = "/var/run/models"
-GRACE_S = 20
-RECOVERY_S = 240  # a fault -> the recreated group answering again
-
-
-@dataclass
-class Served:
-    cluster: Cluster
-    nodes: RealNodes
-    helm: Release
-    ns: str
-    exits: ExitRecorder
-
-    @property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.cluster.api)
-
-    def pods(self) -> list[client.V1Pod]:
-        return release_pods(self.core, self.ns, RELEASE)
-
-    def describe(self) -> Any:
-        """The pods now, and every container exit seen so far with its message (pods LWS deleted too)."""
-        return {"pods": describe(self.core, self.ns), "exits": sorted(self.exits.ended, key=lambda e: e.finished)}
-
-    def service_ip(self) -> str:
-        return str(self.core.read_namespaced_service(f"{RELEASE}-lws-triton-api", self.ns).spec.cluster_ip)
-
-    def pid1(self, pod: client.V1Pod) -> int:
-        return self.nodes.container_pid(self.ns, pod.metadata.name, pod.spec.containers[0].name)
-
-
-def values(image: str, repo: str) -> dict[str, Any]:
-    repository, tag = image.rsplit(":", 1)
-    return {
-        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-        "tensorrtLLM": {"parallelism": {"tensor": 2, "pipeline": 1}}, "gpuPerNode": 1,
-        "resources": {"cpu": 1, "memory": "2Gi", "ephemeralStorage": "", "efa": 0}, "shmSize": "256Mi",
-        "startup": {"timeoutSeconds": 180, "discoveryTimeoutSeconds": 120},
-        "modelRepository": {"persistentVolumeClaim": "models", "mountPath": MOUNT, "path": repo, "model": "toy_tp"},
-        "service": {"type": "ClusterIP"},
-        "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
-        "tolerations": [{"key": TAINT["key"], "operator": "Exists", "effect": TAINT["effect"]}],
-        "terminationGracePeriodSeconds": GRACE_S,
-    }
 
 
 @pytest.fixture(scope="module")
@@ -84,61 +33,17 @@ def served(cluster: Cluster, real_nodes: RealNodes, tmp_path_factory: pytest.Tem
     binary = find_tool("helm", "HELM")
     if binary is None:
         pytest.skip(f"helm not found: {INSTALL_HINT}")
-    ns = cluster.create_namespace("real")
-    models = tmp_path_factory.mktemp("models")
-    shutil.copytree(TOY_REPO, models / "toy", ignore=shutil.ignore_patterns("__pycache__"))
-    models.chmod(0o755)
-    core = client.CoreV1Api(cluster.api)
-    pv = provide_claim(core, ns, models)
-    values_file = models.parent / f"{ns}-values.yaml"
-    values_file.write_text(yaml.safe_dump(values(real_nodes.image, f"{MOUNT}/toy")))
-    helm = Release(binary, cluster.kubeconfig, ns)
-    served = Served(cluster, real_nodes, helm, ns, ExitRecorder(cluster.api, ns))
-    helm.helm("install", RELEASE, str(Path(__file__).parents[3] / "chart"), "-f", str(values_file))
-    try:
+    with installed(cluster, real_nodes, binary, tmp_path_factory.mktemp("release")) as served:
         yield served
-    finally:
-        served.exits.close()
-        helm.helm("uninstall", RELEASE, "--wait", "--timeout", "60s")
-        cluster.delete_namespace(ns, timeout=120)
-        core.delete_persistent_volume(pv)
-
-
-def ready_group(s: Served, not_uids: set[str] = frozenset()) -> list[client.V1Pod] | None:  # type: ignore[assignment]
-    """Leader and worker Running and Ready (the kubelet's own probes), none of ``not_uids``."""
-    pods = [p for p in s.pods() if p.metadata.deletion_timestamp is None]
-    ok = len(pods) == 2 and all(
-        p.status.phase == "Running" and p.metadata.uid not in not_uids
-        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) for p in pods)
-    return pods if ok else None
-
-
-def answers(s: Served) -> tuple[list[float], int] | None:
-    try:
-        return infer(8000, [1.0, 2.0, 3.0], host=s.service_ip())
-    except Exception:  # noqa: BLE001 - not yet routed or not yet serving
-        return None
-
-
-def serving_again(s: Served, old: list[client.V1Pod], timeout: float = RECOVERY_S) -> list[client.V1Pod]:
-    """A group of new pods, Ready, answering through the Service with both ranks."""
-    t0 = time.monotonic()
-    old_uids = {p.metadata.uid for p in old}
-    pods = wait_for("a new group Ready", lambda: ready_group(s, old_uids), s.describe, timeout)
-    wait_for("an answer through the Service", lambda: answers(s), s.describe, timeout - (time.monotonic() - t0))
-    assert answers(s) == (expected_output([1.0, 2.0, 3.0], 2), 2)
-    print(f"serving again after {time.monotonic() - t0:.1f}s")
-    return pods
 
 
 def assert_clean(s: Served, pods: list[client.V1Pod]) -> None:
     """No zombie in any container of the group, and nothing of another pod left on the nodes."""
     for pod in pods:
         assert lasting_zombies(s.pid1(pod)) == [], pod.metadata.name
-    live = {p.metadata.uid for p in s.core.list_namespaced_pod(s.ns).items} | {
-        p.metadata.uid for p in s.core.list_pod_for_all_namespaces(field_selector="spec.nodeName!=").items}
-    assert wait_for("no process of a gone pod on the nodes", lambda: not leftovers(s.nodes, live) or None,
-                    lambda: leftovers(s.nodes, live), 30) is True
+    live = {p.metadata.uid for p in s.core.list_pod_for_all_namespaces().items}
+    wait_for("no process of a gone pod on the nodes", lambda: not leftovers(s.nodes, live),
+             lambda: leftovers(s.nodes, live), 30)
 
 
 def test_install_serves_through_the_service(served: Served) -> None:

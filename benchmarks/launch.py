@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import tritonclient.http as httpclient  # noqa: E402  (imported before any timing starts)
 
 from launcher.config import LaunchConfig, parse_env_assignments  # noqa: E402
-from launcher.leader import detect_mpi  # noqa: E402
+from launcher.mpi import detect_mpi  # noqa: E402
 from launcher.plan import Member, build_plan  # noqa: E402
 from launcher.tritonbin import find_tritonserver  # noqa: E402
 from tests.integration.launch import (  # noqa: E402

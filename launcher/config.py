@@ -86,6 +86,9 @@ class LaunchConfig:
         return self.world_size // self.gpus_per_pod
 
 
+DEFAULTS = LaunchConfig()  # the one source of every default (the CLI's options show these)
+
+
 def _fail(value: str, rule: str, fix: str) -> ConfigError:
     return ConfigError(f"{value}: {rule}; {fix}")
 
@@ -141,6 +144,13 @@ def validate(config: LaunchConfig) -> LaunchConfig:
     return config
 
 
+def check_range(flag: str, value: int, low: int, high: int, what: str) -> int:
+    """``value`` if ``low <= value <= high``, else the one-line error naming ``flag``."""
+    if not low <= value <= high:
+        raise _fail(f"{flag}={value}", f"{what} must be between {low} and {high}", f"choose another {flag}")
+    return value
+
+
 def _validate_ports(config: LaunchConfig) -> None:
     ports = {
         "--http-port": config.http_port,
@@ -149,8 +159,7 @@ def _validate_ports(config: LaunchConfig) -> None:
         "--health-port": config.health_port,
     }
     for flag, port in ports.items():
-        if not 1 <= port <= 65535:
-            raise _fail(f"{flag}={port}", "a port must be between 1 and 65535", f"choose another {flag}")
+        check_range(flag, port, 1, 65535, "a port")
     seen: dict[int, str] = {}
     for flag, port in ports.items():
         if port in seen:

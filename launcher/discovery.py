@@ -9,25 +9,50 @@ so a launch starts only when the path mpirun will take works.
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import logging
+import re
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .errors import ExitCode, LauncherError
+from .config import LaunchConfig
+from .errors import ConfigError, ExitCode, LauncherError
 from .plan import Member
 
 log = logging.getLogger("launcher.discovery")
 
 
-def static_members(hosts: Sequence[str]) -> list[Member]:
-    """Members from ``pod[=address]`` words, in the given order."""
+_POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+
+
+def parse_hosts(text: str, config: LaunchConfig, flag: str = "--hosts") -> list[Member]:
+    """Members from ``pod[=address],...`` in worker-index order: one distinct pod name per pod of the
+    group, each a DNS-1123 label (what Kubernetes names pods), each address an IPv4 or IPv6 address
+    (default: the name, which the agent resolves)."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
     members = []
-    for index, word in enumerate(hosts):
-        pod, _, address = word.partition("=")
+    for index, word in enumerate(words):
+        pod, sep, address = word.partition("=")
+        if not _POD_NAME.match(pod):
+            raise ConfigError(f"{flag}={text}: {pod!r} is not a pod name (lower-case letters, digits and '-', "
+                              "at most 63, starting and ending with a letter or digit); write POD[=ADDRESS],...")
+        if sep:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(f"{flag}={text}: {address!r} (of {pod}) is not an IPv4 or IPv6 address; "
+                                  "write POD=ADDRESS with the pod's IP, or POD alone") from None
         members.append(Member(pod, address or pod, index))
+    names = [m.pod for m in members]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{flag}={text}: {', '.join(twice)} listed twice; list each pod of the group once")
+    if len(members) != config.pods:
+        raise ConfigError(f"{flag}={text}: {len(members)} pods given but tp*pp/gpus-per-pod="
+                          f"{config.world_size}/{config.gpus_per_pod} needs {config.pods}; list one host per pod")
     return members
 
 

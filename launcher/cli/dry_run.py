@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from typing import Any
 
 import click
 
 from ..config import LaunchConfig
-from ..discovery import static_members
+from ..discovery import parse_hosts
 from ..errors import ConfigError
-from ..plan import MpiFlavor, TritonCommand, build_plan, format_plan, lws_members, parse_mpirun_version
+from ..mpi import planned_flavor
+from ..plan import TritonCommand, build_plan, format_plan, lws_members
 from .options import GROUP, HEALTH, PARALLELISM, TRITON, apply, build_config
 
 
@@ -30,7 +29,7 @@ def dry_run(**params: Any) -> int:
     params["verbosity"] = 0
     config = build_config(params)
     members = _members(params, config)
-    flavor = _flavor(params["mpi_version"], config.mpirun)
+    flavor = planned_flavor(params["mpi_version"], config.mpirun)
     agent = config.rsh_agent if len(members) > 1 else None
     plan = build_plan(
         config, members, flavor, triton=TritonCommand(config.tritonserver), environ=os.environ,
@@ -47,24 +46,7 @@ def _members(params: dict[str, Any], config: LaunchConfig) -> list[Any]:
     if params["hosts"] and params["lws_name"]:
         raise ConfigError("--hosts and --lws-name both given: they describe the same pods; keep one")
     if params["hosts"]:
-        words = [w.strip() for w in params["hosts"].split(",") if w.strip()]
-        if len(words) != config.pods:
-            raise ConfigError(
-                f"--hosts={params['hosts']}: {len(words)} pods given but tp*pp/gpus-per-pod="
-                f"{config.world_size}/{config.gpus_per_pod} needs {config.pods}; list one host per pod"
-            )
-        return static_members(words)
+        return parse_hosts(params["hosts"], config)
     if params["group_index"] < 0:
         raise ConfigError(f"--group-index={params['group_index']}: a group index is 0 or more; fix the index")
     return lws_members(params["lws_name"] or "triton", params["group_index"], config.pods)
-
-
-def _flavor(requested: str, mpirun: str) -> MpiFlavor:
-    if requested != "auto":
-        major, minor = requested.split(".")
-        return MpiFlavor(int(major), int(minor))
-    path = shutil.which(mpirun)
-    if path is None:
-        return MpiFlavor(5, 0)
-    done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    return parse_mpirun_version(done.stdout + done.stderr)

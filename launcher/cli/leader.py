@@ -9,11 +9,10 @@ import click
 
 from .. import logs
 from ..config import LaunchConfig
-from ..discovery import static_members
+from ..discovery import parse_hosts
 from ..errors import ConfigError
 from ..k8s import KubernetesGroup, resolve_namespace
 from ..leader import Leader
-from ..plan import Member
 from .options import GROUP, HEALTH, LOGGING, PARALLELISM, TRITON, apply, build_config
 
 HOSTS = click.option(
@@ -29,7 +28,7 @@ def leader(**params: Any) -> int:
     """Find the group's pods, launch one tritonserver per GPU with mpirun, supervise."""
     logs.setup(params["log_format"], params["verbosity"])
     config = build_config(params)
-    hosts = hosts_from(params.get("hosts"), config)
+    hosts = parse_hosts(params["hosts"], config) if params.get("hosts") else None
     if hosts is not None:
         agent = config.rsh_agent if len(hosts) > 1 else None
         return Leader(config, lambda _stop: hosts, agent).run()
@@ -49,20 +48,6 @@ def kubernetes_group(config: LaunchConfig) -> KubernetesGroup:
         )
     namespace = resolve_namespace(config.namespace)
     return KubernetesGroup(namespace, config.group_key, config.pods, config.discovery_timeout_s)
-
-
-def hosts_from(text: str | None, config: LaunchConfig) -> list[Member] | None:
-    if not text:
-        return None
-    words = [w.strip() for w in text.split(",") if w.strip()]
-    if len(set(w.partition("=")[0] for w in words)) != len(words):
-        raise ConfigError(f"--hosts={text}: a pod is listed twice; list each pod of the group once")
-    if len(words) != config.pods:
-        raise ConfigError(
-            f"--hosts={text}: {len(words)} pods given but tp*pp/gpus-per-pod="
-            f"{config.world_size}/{config.gpus_per_pod} needs {config.pods}; list one host per pod"
-        )
-    return static_members(words)
 
 
 def parse_leader_args(argv: Sequence[str]) -> LaunchConfig:

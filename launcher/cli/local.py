@@ -14,15 +14,16 @@ import click
 from .. import logs
 from ..leader import Leader
 from ..plan import Member
-from .options import HEALTH, LOGGING, TRITON, apply, build_config
+from .options import HEALTH, LOGGING, TRITON, Ranged, apply, build_config
 
 EXAMPLE_REPO = Path(__file__).resolve().parent.parent / "examples" / "model_repository"
 EXAMPLE_MODEL = "toy_tp"
+MAX_LOCAL_RANKS = 256  # more GPUs than one machine has; each rank is a whole tritonserver
 
 
 @click.command()
-@click.option("--ranks", "-n", envvar="LAUNCHER_RANKS", show_envvar=True, type=int, default=2, show_default=True,
-              help="tritonserver ranks to start on this machine.")
+@click.option("--ranks", "-n", envvar="LAUNCHER_RANKS", show_envvar=True, type=Ranged(1, MAX_LOCAL_RANKS, "the rank count"),
+              default=2, show_default=True, help="tritonserver ranks to start on this machine.")
 @apply(TRITON, HEALTH, LOGGING)
 def local(**params: Any) -> int:
     """Run the whole leader path on this machine (no Kubernetes, no agent)."""
@@ -33,7 +34,7 @@ def local(**params: Any) -> int:
         if click.get_current_context().get_parameter_source("model") == click.core.ParameterSource.DEFAULT:
             params["model"] = EXAMPLE_MODEL
     ranks = params["ranks"]
-    config = build_config(params, tp=ranks, pp=1, gpus_per_pod=max(ranks, 1))
+    config = build_config(params, tp=ranks, pp=1, gpus_per_pod=ranks)
 
     def discover(_stop: threading.Event) -> Sequence[Member]:
         return [Member("localhost", "127.0.0.1", 0)]

@@ -7,22 +7,32 @@ as aliases so existing deployments work unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from ..config import (
-    DEFAULT_FORWARD_PREFIXES,
-    LaunchConfig,
-    NsysConfig,
-    PreflightConfig,
-    parse_env_assignments,
-    validate,
-)
+from ..config import DEFAULTS, LaunchConfig, check_range, parse_env_assignments, validate
 
 F = TypeVar("F", bound=Callable[..., Any])
+D = DEFAULTS  # every default below is the config's own
+
+
+class Ranged(click.types.IntParamType):
+    """An integer within bounds, refused with the launcher's one-line error (flag, rule, fix)."""
+
+    def __init__(self, low: int, high: int, what: str) -> None:
+        self.low, self.high, self.what = low, high, what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = int(super().convert(value, param, ctx))
+        flag = param.opts[0] if param is not None and param.opts else "value"
+        return check_range(flag, number, self.low, self.high, self.what)
+
+
+PORT = Ranged(1, 65535, "a port")
 
 
 def _opt(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
@@ -37,52 +47,53 @@ LOGGING = [
 ]
 
 HEALTH = [
-    _opt("--health-port", env="LAUNCHER_HEALTH_PORT", type=int, default=8080,
+    _opt("--health-port", env="LAUNCHER_HEALTH_PORT", type=PORT, default=D.health_port,
          help="Port of the launcher's /healthz, /readyz and /metrics."),
 ]
 
 PARALLELISM = [
-    _opt("--tp", env="LAUNCHER_TP", type=int, default=1, help="Tensor-parallel size."),
-    _opt("--pp", env="LAUNCHER_PP", type=int, default=1, help="Pipeline-parallel size."),
-    _opt("--gpus-per-pod", "--gpu_per_node", "gpus_per_pod", env="LAUNCHER_GPUS_PER_POD", type=int, default=1,
+    _opt("--tp", env="LAUNCHER_TP", type=int, default=D.tp, help="Tensor-parallel size."),
+    _opt("--pp", env="LAUNCHER_PP", type=int, default=D.pp, help="Pipeline-parallel size."),
+    _opt("--gpus-per-pod", "--gpu_per_node", "gpus_per_pod", env="LAUNCHER_GPUS_PER_POD", type=int,
+         default=D.gpus_per_pod,
          help="GPUs (ranks) in each pod of the group."),
 ]
 
 TRITON = [
     _opt("--model-repo", "--triton_model_repo_dir", "model_repo", env="LAUNCHER_MODEL_REPO",
-         type=click.Path(path_type=Path), default=Path("/var/run/models"), help="Triton model repository."),
-    _opt("--model", env="LAUNCHER_MODEL", default="tensorrt_llm",
-         help="Model that ranks other than 0 load explicitly."),
-    _opt("--http-port", env="LAUNCHER_HTTP_PORT", type=int, default=8000, help="Rank 0's HTTP port."),
-    _opt("--grpc-port", env="LAUNCHER_GRPC_PORT", type=int, default=8001, help="Rank 0's gRPC port."),
-    _opt("--metrics-port", env="LAUNCHER_METRICS_PORT", type=int, default=8002, help="Rank 0's metrics port."),
+         type=click.Path(path_type=Path), default=D.model_repo, help="Triton model repository."),
+    _opt("--model", env="LAUNCHER_MODEL", default=D.model, help="Model that ranks other than 0 load explicitly."),
+    _opt("--http-port", env="LAUNCHER_HTTP_PORT", type=PORT, default=D.http_port, help="Rank 0's HTTP port."),
+    _opt("--grpc-port", env="LAUNCHER_GRPC_PORT", type=PORT, default=D.grpc_port, help="Rank 0's gRPC port."),
+    _opt("--metrics-port", env="LAUNCHER_METRICS_PORT", type=PORT, default=D.metrics_port,
+         help="Rank 0's metrics port."),
     _opt("--iso8601", env="LAUNCHER_ISO8601", count=True, help="ISO 8601 timestamps in Triton's logs."),
     _opt("--triton-log-verbose", env="LAUNCHER_TRITON_LOG_VERBOSE", type=int, default=None,
          help="Triton --log-verbose level (default: the -v count)."),
-    _opt("--model-load-threads", env="LAUNCHER_MODEL_LOAD_THREADS", type=int, default=2,
+    _opt("--model-load-threads", env="LAUNCHER_MODEL_LOAD_THREADS", type=int, default=D.model_load_threads,
          help="Triton --model-load-thread-count."),
-    _opt("--tritonserver", env="LAUNCHER_TRITONSERVER", default="tritonserver",
+    _opt("--tritonserver", env="LAUNCHER_TRITONSERVER", default=D.tritonserver,
          help="tritonserver binary (name on PATH or path)."),
-    _opt("--mpirun", env="LAUNCHER_MPIRUN", default="mpirun", help="mpirun binary (Open MPI 4.1 or 5.x)."),
+    _opt("--mpirun", env="LAUNCHER_MPIRUN", default=D.mpirun, help="mpirun binary (Open MPI 4.1 or 5.x)."),
     _opt("--env", "extra_env", env="LAUNCHER_ENV", multiple=True, metavar="NAME=VALUE",
          help="Extra environment for every rank (repeatable)."),
     _opt("--forward-env", env="LAUNCHER_FORWARD_ENV", multiple=True, metavar="NAME|PREFIX_",
-         help=f"Variables passed on to ranks (repeatable; default: {' '.join(DEFAULT_FORWARD_PREFIXES)})."),
-    _opt("--nsys/--no-nsys", "--enable_nsys", "nsys", env="LAUNCHER_NSYS", default=False,
+         help=f"Variables passed on to ranks (repeatable; default: {' '.join(D.forward_env)})."),
+    _opt("--nsys/--no-nsys", "--enable_nsys", "nsys", env="LAUNCHER_NSYS", default=D.nsys.enabled,
          help="Wrap every rank in Nsight Systems."),
-    _opt("--nsys-binary", env="LAUNCHER_NSYS_BINARY", default="nsys", help="Nsight Systems binary."),
-    _opt("--nsys-output", env="LAUNCHER_NSYS_OUTPUT", default="/tmp/nsys", help="Directory for rank reports."),
-    _opt("--nsys-trace", env="LAUNCHER_NSYS_TRACE", default="cuda,nvtx,osrt,mpi", help="nsys --trace set."),
-    _opt("--preflight/--no-preflight", "preflight", env="LAUNCHER_PREFLIGHT", default=False,
+    _opt("--nsys-binary", env="LAUNCHER_NSYS_BINARY", default=D.nsys.binary, help="Nsight Systems binary."),
+    _opt("--nsys-output", env="LAUNCHER_NSYS_OUTPUT", default=D.nsys.output_dir, help="Directory for rank reports."),
+    _opt("--nsys-trace", env="LAUNCHER_NSYS_TRACE", default=D.nsys.trace, help="nsys --trace set."),
+    _opt("--preflight/--no-preflight", "preflight", env="LAUNCHER_PREFLIGHT", default=D.preflight.enabled,
          help="Check the fabric (ranks, GPUs, collectives, bandwidth) through the same plan before launching."),
-    _opt("--preflight-deadline", env="LAUNCHER_PREFLIGHT_DEADLINE", type=float, default=120.0,
+    _opt("--preflight-deadline", env="LAUNCHER_PREFLIGHT_DEADLINE", type=float, default=D.preflight.deadline_s,
          help="Seconds a preflight rank may take before it is reported as hung."),
-    _opt("--preflight-max-bytes", env="LAUNCHER_PREFLIGHT_MAX_BYTES", type=int, default=256 * 2**20,
+    _opt("--preflight-max-bytes", env="LAUNCHER_PREFLIGHT_MAX_BYTES", type=int, default=D.preflight.max_bytes,
          help="Largest allreduce of the preflight bandwidth sweep."),
-    _opt("--startup-timeout", "startup_timeout_s", env="LAUNCHER_STARTUP_TIMEOUT", type=float, default=1800.0,
-         help="Seconds rank 0 may take to become ready (large engines load slowly)."),
-    _opt("--stop-grace-period", "stop_grace_s", env="LAUNCHER_STOP_GRACE_PERIOD", type=float, default=10.0,
-         help="Seconds ranks get to exit after SIGTERM before SIGKILL."),
+    _opt("--startup-timeout", "startup_timeout_s", env="LAUNCHER_STARTUP_TIMEOUT", type=float,
+         default=D.startup_timeout_s, help="Seconds rank 0 may take to become ready (large engines load slowly)."),
+    _opt("--stop-grace-period", "stop_grace_s", env="LAUNCHER_STOP_GRACE_PERIOD", type=float,
+         default=D.stop_grace_s, help="Seconds ranks get to exit after SIGTERM before SIGKILL."),
 ]
 
 GROUP = [
@@ -92,8 +103,8 @@ GROUP = [
     _opt("--group-size", env="LWS_GROUP_SIZE", type=int, default=None,
          help="Pods in the group (LeaderWorkerSet sets LWS_GROUP_SIZE)."),
     _opt("--discovery-timeout", "discovery_timeout_s", env="LAUNCHER_DISCOVERY_TIMEOUT", type=float,
-         default=600.0, help="Seconds to wait for every pod to be running and reachable."),
-    _opt("--rsh-agent", env="LAUNCHER_RSH_AGENT", default="kubessh",
+         default=D.discovery_timeout_s, help="Seconds to wait for every pod to be running and reachable."),
+    _opt("--rsh-agent", env="LAUNCHER_RSH_AGENT", default=D.rsh_agent,
          help="MPI remote-launch agent that runs a command in a pod."),
 ]
 
@@ -108,35 +119,28 @@ def apply(*groups: list[Callable[[F], F]]) -> Callable[[F], F]:
     return decorate
 
 
+# Options that fill the nested configs: option name -> field
+NSYS_OPTIONS = {"nsys": "enabled", "nsys_binary": "binary", "nsys_output": "output_dir", "nsys_trace": "trace"}
+PREFLIGHT_OPTIONS = {"preflight": "enabled", "preflight_deadline": "deadline_s", "preflight_max_bytes": "max_bytes"}
+SPECIAL = {"extra_env", "forward_env", "nsys", "preflight", "triton_log_verbose", "iso8601"}
+
+
 def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
-    """A validated LaunchConfig from click's parameters (unknown keys ignored)."""
-    values = {**params, **overrides}
-    verbosity = values.get("verbosity", 0)
-    triton_verbose = values.get("triton_log_verbose")
-    forward = tuple(values.get("forward_env") or ()) or DEFAULT_FORWARD_PREFIXES
-    fields = {
-        name: values[name]
-        for name in LaunchConfig.__dataclass_fields__
-        if name in values
-        and name not in {"extra_env", "forward_env", "nsys", "preflight", "triton_log_verbose", "iso8601"}
-        and values[name] is not None
-    }
-    config = LaunchConfig(
-        **fields,
-        extra_env=parse_env_assignments(values.get("extra_env") or ()),
-        forward_env=forward,
-        nsys=NsysConfig(
-            enabled=bool(values.get("nsys")),
-            binary=values.get("nsys_binary", "nsys"),
-            output_dir=values.get("nsys_output", "/tmp/nsys"),
-            trace=values.get("nsys_trace", "cuda,nvtx,osrt,mpi"),
-        ),
-        preflight=PreflightConfig(
-            enabled=bool(values.get("preflight")),
-            deadline_s=values.get("preflight_deadline", 120.0),
-            max_bytes=values.get("preflight_max_bytes", 256 * 2**20),
-        ),
-        triton_log_verbose=triton_verbose if triton_verbose is not None else verbosity,
-        iso8601=bool(values.get("iso8601")),
+    """A validated LaunchConfig from click's parameters (unknown keys ignored; what a command lacks
+    keeps the config's default)."""
+    values = {k: v for k, v in {**params, **overrides}.items() if v is not None}
+
+    def pick(names: dict[str, str]) -> dict[str, Any]:
+        return {field: values[option] for option, field in names.items() if option in values}
+
+    config = dataclasses.replace(
+        D,
+        **{name: values[name] for name in LaunchConfig.__dataclass_fields__ if name in values and name not in SPECIAL},
+        extra_env=parse_env_assignments(values.get("extra_env", ())),
+        forward_env=tuple(values.get("forward_env", ())) or D.forward_env,
+        nsys=dataclasses.replace(D.nsys, **pick(NSYS_OPTIONS)),
+        preflight=dataclasses.replace(D.preflight, **pick(PREFLIGHT_OPTIONS)),
+        triton_log_verbose=values.get("triton_log_verbose", values.get("verbosity", D.triton_log_verbose)),
+        iso8601=bool(values.get("iso8601", D.iso8601)),
     )
     return validate(config)

@@ -11,11 +11,13 @@ import click
 
 from .. import logs
 from ..errors import ConfigError, ExitCode
-from ..leader import Leader, detect_mpi
+from ..discovery import parse_hosts
+from ..leader import Leader
+from ..mpi import detect_mpi
 from ..plan import Member, TritonCommand
 from ..preflight.check import format_result
 from ..signals import install_stop_handlers
-from .leader import HOSTS, hosts_from
+from .leader import HOSTS
 from .options import GROUP, LOGGING, PARALLELISM, TRITON, apply, build_config
 
 
@@ -27,9 +29,9 @@ def preflight(**params: Any) -> int:
     """Run a small MPI (and NCCL) program on every rank: identity, GPUs, collectives, bandwidth."""
     logs.setup(params["log_format"], params["verbosity"])
     config = build_config(params)
-    members = hosts_from(params.get("hosts"), config)
-    if members is None:
+    if not params.get("hosts"):
         raise ConfigError("--hosts is not set; pass the group's pods with --hosts pod0,pod1,... (LAUNCHER_HOSTS)")
+    members = parse_hosts(params["hosts"], config)
 
     def discover(_stop: threading.Event) -> Sequence[Member]:
         return members

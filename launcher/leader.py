@@ -113,12 +113,12 @@ class Leader:
                      triton: TritonCommand) -> PreflightResult:
         options = self.config.preflight
         program = rank_program(sys.executable, options.deadline_s, options.max_bytes)
-        plan = self.plan(members, mpirun, flavor, triton, program=lambda _rank: program)
+        plan = self.plan(members, mpirun, flavor, triton, program=program)
         log.info("preflight: %d ranks on %d pods, deadline %gs", len(plan.ranks), len(plan.hosts), options.deadline_s)
         return run_preflight(plan, self.environ, options.deadline_s + 10.0, self.stop)
 
     def plan(self, members: Sequence[Member], mpirun: str, flavor: MpiFlavor, triton: TritonCommand,
-             program: Callable[[int], tuple[str, ...]] | None = None) -> LaunchPlan:
+             program: tuple[str, ...] | None = None) -> LaunchPlan:
         config = dataclasses.replace(self.config, mpirun=mpirun)
         return build_plan(
             config,

@@ -4,6 +4,13 @@
 agent, forwarded environment, each rank's tritonserver command line) and does
 no I/O, so `launcher dry-run` prints exactly what the leader executes.
 
+mpirun's command line has the same size for 2 ranks as for 4096: the hosts
+go in a hostfile, and one app context of ``-n <world>`` runs a short shell
+script that picks each rank's command from its rank number
+(``OMPI_COMM_WORLD_RANK``) and execs it, so the rank process is the command
+itself. One app context also means one set of ``-x`` exports for both Open
+MPI flavours (4.1 scopes ``-x`` to the app context it is given in).
+
 Placement: ranks are mapped by slot over hosts ordered by worker index, so
 rank r runs in pod r // gpus_per_pod with local rank r % gpus_per_pod, and the
 local rank is the GPU it uses (Open MPI exports it as
@@ -17,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .config import LaunchConfig
@@ -77,16 +84,22 @@ class Rank:
 @dataclasses.dataclass(frozen=True)
 class LaunchPlan:
     flavor: MpiFlavor
-    hosts: tuple[str, ...]
+    hosts: tuple[str, ...]  # pod:slots, in worker-index order
     ranks: tuple[Rank, ...]
     argv: tuple[str, ...]
     env: Mapping[str, str]  # set in mpirun's own environment
     forwarded: tuple[str, ...]  # names passed on to every rank with -x
+    hostfile: str  # the path argv names; its content is ``hostfile_text``
+
+    @property
+    def hostfile_text(self) -> str:
+        return "".join(f"{pod} slots={slots}\n" for pod, _, slots in (h.rpartition(":") for h in self.hosts))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "mpi": str(self.flavor),
             "hosts": list(self.hosts),
+            "hostfile": {"path": self.hostfile, "content": self.hostfile_text},
             "ranks": [
                 {
                     "rank": r.rank,
@@ -137,8 +150,16 @@ def lws_members(lws_name: str, group_index: int, pods: int) -> list[Member]:
     ]
 
 
+RANK_VAR = "OMPI_COMM_WORLD_RANK"  # set by Open MPI 4.1 and 5 for every rank
+_RANK = "\0rank\0"  # stands for the rank number in a command that the rank script fills in
+
+
 def rank_argv(config: LaunchConfig, triton: TritonCommand, rank: int) -> tuple[str, ...]:
     """The tritonserver command line of one rank (with the nsys wrapper if enabled)."""
+    return _triton_words(config, triton, str(rank), serves=rank == 0)
+
+
+def _triton_words(config: LaunchConfig, triton: TritonCommand, rank: str, serves: bool) -> tuple[str, ...]:
     argv = [
         triton.binary,
         f"--model-repository={config.model_repo}",
@@ -152,7 +173,7 @@ def rank_argv(config: LaunchConfig, triton: TritonCommand, rank: int) -> tuple[s
         argv.append(f"--backend-directory={triton.backend_directory}")
     if config.iso8601:
         argv.append("--log-format=ISO8601")
-    if rank == 0:
+    if serves:
         argv += [
             f"--http-port={config.http_port}",
             f"--grpc-port={config.grpc_port}",
@@ -176,6 +197,21 @@ def rank_argv(config: LaunchConfig, triton: TritonCommand, rank: int) -> tuple[s
             "--force-overwrite=true",
         ] + argv
     return tuple(argv)
+
+
+def _shell_words(argv: Sequence[str]) -> str:
+    """``argv`` as one shell command line in which each rank placeholder reads the rank variable."""
+    return " ".join('"$r"'.join(shlex.quote(part) if part else "" for part in word.split(_RANK)) or "''"
+                    for word in argv)
+
+
+def rank_script(config: LaunchConfig, triton: TritonCommand, program: tuple[str, ...] | None) -> str:
+    """The shell script every rank runs: exec this rank's command (rank 0 serves the endpoints)."""
+    if program is not None:
+        return f"exec {_shell_words(program)}"
+    serve = _shell_words(_triton_words(config, triton, _RANK, serves=True))
+    model = _shell_words(_triton_words(config, triton, _RANK, serves=False))
+    return f'r="${RANK_VAR}"; if [ "$r" = 0 ]; then exec {serve}; fi; exec {model}'
 
 
 def forwarded_names(config: LaunchConfig, environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -228,11 +264,13 @@ def build_plan(
     launch_id: str,
     is_root: bool,
     agent: str | None,
-    program: Callable[[int], tuple[str, ...]] | None = None,
+    program: tuple[str, ...] | None = None,
+    hostfile: str | None = None,
 ) -> LaunchPlan:
     """Everything mpirun needs; ``agent`` is None when every rank is local.
 
-    ``program`` replaces tritonserver as what each rank runs (preflight)."""
+    ``program`` replaces tritonserver as what every rank runs (preflight). ``hostfile`` is where the
+    launch writes ``LaunchPlan.hostfile_text`` (default: /tmp, named after the launch id)."""
     ordered = order_members(members)
     if len(ordered) != config.pods:
         raise ConfigError(
@@ -241,30 +279,22 @@ def build_plan(
         )
     g = config.gpus_per_pod
     ranks = tuple(
-        Rank(r, ordered[r // g].pod, ordered[r // g].address, r % g,
-             program(r) if program else rank_argv(config, triton, r))
+        Rank(r, ordered[r // g].pod, ordered[r // g].address, r % g, program or rank_argv(config, triton, r))
         for r in range(config.world_size)
     )
     hosts = tuple(f"{m.pod}:{g}" for m in ordered)
     forwarded = forwarded_names(config, environ) + tuple(sorted(config.extra_env)) + (LAUNCH_ID_ENV,)
     forwarded = tuple(dict.fromkeys(forwarded))
-    exports = [word for name in forwarded for word in ("-x", name)]
-    # Open MPI 4.1 scopes -x to the app context it is given in: given once, it
-    # would reach rank 0 alone (remote daemons do not inherit mpirun's
-    # environment), so there each context carries its own. 5.x applies it to all.
-    global_exports, context_exports = (exports, []) if flavor.is_v5 else ([], exports)
-    argv: list[str] = [config.mpirun, *_mpirun_options(flavor, agent, is_root), "--host", ",".join(hosts),
-                       *global_exports]
-    for i, rank in enumerate(ranks):
-        if i:
-            argv.append(":")
-        argv += [*context_exports, "-n", "1", *rank.argv]
+    hostfile = hostfile or f"/tmp/launcher-{launch_id}.hosts"
+    argv = (config.mpirun, *_mpirun_options(flavor, agent, is_root), "--hostfile", hostfile,
+            *(word for name in forwarded for word in ("-x", name)),
+            "-n", str(config.world_size), "sh", "-c", rank_script(config, triton, program), "rank")
     env = {**config.extra_env, **agent_env(config), LAUNCH_ID_ENV: launch_id}
-    return LaunchPlan(flavor, hosts, ranks, tuple(argv), env, forwarded)
+    return LaunchPlan(flavor, hosts, ranks, argv, env, forwarded, hostfile)
 
 
 def format_plan(plan: LaunchPlan, config: LaunchConfig) -> str:
-    """A human-readable table of ranks followed by the exact command."""
+    """A table of ranks, the hostfile, mpirun's exact command, then every rank's command."""
     rows = [("RANK", "POD", "GPU", "ROLE")]
     for r in plan.ranks:
         role = (
@@ -277,17 +307,8 @@ def format_plan(plan: LaunchPlan, config: LaunchConfig) -> str:
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3] for row in rows
     ]
-    lines += ["", f"Open MPI {plan.flavor}; hosts: {','.join(plan.hosts)}", ""]
+    lines += ["", f"Open MPI {plan.flavor}; hostfile {plan.hostfile}:", plan.hostfile_text.rstrip(), ""]
     lines += [f"{k}={shlex.quote(v)}" for k, v in sorted(plan.env.items())]
-    lines.append(format_argv(plan.argv))
+    lines.append(shlex.join(plan.argv))
+    lines += ["", "each rank runs:"] + [f"rank {r.rank}: {shlex.join(r.argv)}" for r in plan.ranks]
     return "\n".join(lines)
-
-
-def format_argv(argv: Sequence[str]) -> str:
-    """The command as one shell line per MPMD app context."""
-    contexts: list[list[str]] = [[]]
-    for arg in argv:
-        if arg == ":":
-            contexts.append([])
-        contexts[-1].append(shlex.quote(arg))
-    return " \\\n  ".join(" ".join(words) for words in contexts)

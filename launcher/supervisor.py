@@ -9,6 +9,7 @@ grace period, then SIGKILL to mpirun's process group and every survivor.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -16,7 +17,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 import psutil
@@ -78,6 +80,17 @@ class SupervisorOptions:
     group_settle_s: float = 0.0  # after mpirun ends on its own, how long a pod change may still explain it
 
 
+@contextlib.contextmanager
+def hostfile_written(plan: LaunchPlan) -> Iterator[None]:
+    """The plan's hostfile, for as long as its mpirun runs."""
+    path = Path(plan.hostfile)
+    path.write_text(plan.hostfile_text)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def exit_code_of(returncode: int) -> int:
     """A shell-style code for mpirun's status (killed by signal N -> 128 + N)."""
     return 128 - returncode if returncode < 0 else returncode
@@ -111,15 +124,16 @@ class Supervisor:
         self.metrics.ranks_expected.set(len(self.plan.ranks))
         self.metrics.phases.enter("launch")
         started = time.monotonic()
-        self.proc = subprocess.Popen(self.plan.argv, env=self.environ, start_new_session=True)
-        log.info("mpirun started (pid %d) with %d ranks", self.proc.pid, len(self.plan.ranks))
-        graceful = False
-        try:
-            code = self._monitor(self.proc, started)
-            graceful = self.stop.is_set()
-            return code
-        finally:
-            self._shutdown(self.proc, graceful)
+        with hostfile_written(self.plan):
+            self.proc = subprocess.Popen(self.plan.argv, env=self.environ, start_new_session=True)
+            log.info("mpirun started (pid %d) with %d ranks", self.proc.pid, len(self.plan.ranks))
+            graceful = False
+            try:
+                code = self._monitor(self.proc, started)
+                graceful = self.stop.is_set()
+                return code
+            finally:
+                self._shutdown(self.proc, graceful)
 
     def _monitor(self, proc: subprocess.Popen[bytes], started: float) -> int:
         seen_local = 0

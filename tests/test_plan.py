@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +13,7 @@ from launcher.config import LaunchConfig, NsysConfig
 from launcher.errors import ConfigError
 from launcher.plan import (
     LAUNCH_ID_ENV,
+    LaunchPlan,
     Member,
     MpiFlavor,
     TritonCommand,
@@ -33,33 +37,52 @@ def plan_for(pods: int, gpus: int, flavor: MpiFlavor = V5, **kwargs: object):
     )
 
 
-def app_contexts(argv: tuple[str, ...]) -> list[list[str]]:
-    contexts: list[list[str]] = [[]]
-    for arg in argv:
-        if arg == ":":
-            contexts.append([])
-        else:
-            contexts[-1].append(arg)
-    return contexts
+def hostfile_pods(plan: LaunchPlan) -> list[tuple[str, int]]:
+    return [(line.split()[0], int(line.split("slots=")[1])) for line in plan.hostfile_text.splitlines()]
 
 
 @pytest.mark.parametrize("flavor", [V4, V5], ids=["ompi4.1", "ompi5"])
 @pytest.mark.parametrize("pods", list(range(1, 17)))
-def test_one_context_per_rank_and_no_global_np(flavor: MpiFlavor, pods: int) -> None:
+def test_one_app_context_runs_every_rank_placed_by_the_hostfile(flavor: MpiFlavor, pods: int) -> None:
     gpus = 2
     config, plan = plan_for(pods, gpus, flavor)
-    contexts = app_contexts(plan.argv)
-    assert len(contexts) == pods * gpus == len(plan.ranks)
-    assert "-np" not in plan.argv
-    for i, context in enumerate(contexts):
-        n = context.index("-n") if i else context.index("-n", context.index("--host"))
-        assert context[n : n + 3] == ["-n", "1", "tritonserver"]
-        assert f"--id=rank{i}" in context
-        assert f"--backend-config=python,shm-region-prefix-name=prefix{i}_" in context
-    assert plan.hosts == tuple(f"grp-0{'' if p == 0 else f'-{p}'}:{gpus}" for p in range(pods))
+    assert ":" not in plan.argv and "-np" not in plan.argv
+    n = plan.argv.index("-n")
+    assert plan.argv[n:n + 3] == ("-n", str(pods * gpus), "sh") and plan.argv[-1] == "rank"
+    assert plan.argv[plan.argv.index("--hostfile") + 1] == plan.hostfile == "/tmp/launcher-id1.hosts"
+    assert hostfile_pods(plan) == [(f"grp-0{'' if p == 0 else f'-{p}'}", gpus) for p in range(pods)]
+    assert plan.hosts == tuple(f"{pod}:{slots}" for pod, slots in hostfile_pods(plan))
     assert [(r.pod, r.local_rank) for r in plan.ranks] == [
         (plan.hosts[r // gpus].split(":")[0], r % gpus) for r in range(pods * gpus)
     ]
+    for r in plan.ranks:
+        assert f"--id=rank{r.rank}" in r.argv
+        assert f"--backend-config=python,shm-region-prefix-name=prefix{r.rank}_" in r.argv
+
+
+@pytest.mark.parametrize("flavor", [V4, V5], ids=["ompi4.1", "ompi5"])
+def test_the_command_line_has_one_size_from_2_to_4096_ranks(flavor: MpiFlavor) -> None:
+    _, small = plan_for(2, 1, flavor, extra_env={"MY_FLAG": "1"})
+    _, large = plan_for(512, 8, flavor, extra_env={"MY_FLAG": "1"})
+    assert (len(small.ranks), len(large.ranks), len(large.hosts)) == (2, 4096, 512)
+    # word for word the same command but for the rank count
+    assert [(a, b) for a, b in zip(small.argv, large.argv, strict=True) if a != b] == [("2", "4096")]
+
+
+def test_rank_script_runs_exactly_each_ranks_displayed_command(tmp_path: Path) -> None:
+    """The script mpirun starts on every rank execs what dry-run shows for that rank, word for word."""
+    printer = tmp_path / "print-argv"
+    printer.write_text('#!/bin/sh\nfor word in "$0" "$@"; do printf "%s\\0" "$word"; done\n')
+    printer.chmod(0o755)
+    config = LaunchConfig(tp=4, gpus_per_pod=2, model="it's \"quoted\" $HOME", iso8601=True,
+                          nsys=NsysConfig(enabled=True, binary=str(printer), output_dir="/o u t"))
+    plan = build_plan(config, lws_members("g", 0, 2), V4, triton=TritonCommand(str(printer), "/b dir"),
+                      environ={}, launch_id="i", is_root=False, agent="kubessh")
+    script = plan.argv[plan.argv.index("-c") + 1]
+    for rank in plan.ranks:
+        done = subprocess.run(["sh", "-c", script, "rank"], env={"OMPI_COMM_WORLD_RANK": str(rank.rank)},
+                              capture_output=True, check=True)
+        assert done.stdout.decode().split("\0")[:-1] == list(rank.argv), rank.rank
 
 
 def test_flavour_specific_agent_flags() -> None:
@@ -114,7 +137,7 @@ def test_workers_ordered_by_integer_index() -> None:
     config = LaunchConfig(tp=12, gpus_per_pod=1)
     plan = build_plan(config, shuffled, V5, triton=TritonCommand(), environ={}, launch_id="i", is_root=False,
                       agent="kubessh")
-    assert plan.argv[plan.argv.index("--host") + 1] == ",".join(f"{m.pod}:1" for m in ordered)
+    assert hostfile_pods(plan) == [(m.pod, 1) for m in ordered]
 
 
 def test_duplicate_worker_index_is_refused() -> None:
@@ -139,26 +162,14 @@ def test_forwarded_environment() -> None:
     assert plan.env == {"MY_FLAG": "1", LAUNCH_ID_ENV: "abc"}
 
 
-def exported(context: list[str]) -> list[str]:
-    return [context[i + 1] for i, a in enumerate(context) if a == "-x"]
-
-
-def test_open_mpi_41_exports_in_every_app_context() -> None:
-    # 4.1 applies -x only to the app context it appears in (checked against Debian's mpirun 4.1.4):
-    # a single global -x left every remote rank without the forwarded variables.
-    config, plan = plan_for(3, 2, V4, extra_env={"MY_FLAG": "1"})
-    contexts = app_contexts(plan.argv)
-    assert len(contexts) == 6
-    for context in contexts:
-        assert exported(context) == ["MY_FLAG", LAUNCH_ID_ENV]
-        assert context.index("-x", context.index("--host") if "--host" in context else 0) < context.index("-n")
-
-
-def test_open_mpi_5_exports_once_for_all_contexts() -> None:
-    config, plan = plan_for(3, 2, V5, extra_env={"MY_FLAG": "1"})
-    contexts = app_contexts(plan.argv)
-    assert exported(contexts[0]) == ["MY_FLAG", LAUNCH_ID_ENV]
-    assert all(exported(context) == [] for context in contexts[1:])
+@pytest.mark.parametrize("flavor", [V4, V5], ids=["ompi4.1", "ompi5"])
+def test_exports_once_before_the_single_app_context(flavor: MpiFlavor) -> None:
+    # Open MPI 4.1 applies -x only to the app context it appears in (checked against Debian's mpirun
+    # 4.1.4); with one app context, one set of exports reaches every rank under both flavours.
+    _, plan = plan_for(3, 2, flavor, extra_env={"MY_FLAG": "1"})
+    xs = [i for i, a in enumerate(plan.argv) if a == "-x"]
+    assert [plan.argv[i + 1] for i in xs] == ["MY_FLAG", LAUNCH_ID_ENV]
+    assert max(xs) < plan.argv.index("-n")
 
 
 def test_nsys_wraps_every_rank() -> None:
@@ -199,7 +210,10 @@ def test_text_plan_shows_table_and_command() -> None:
     assert "RANK  POD      GPU  ROLE" in text
     assert "3     grp-0-1  1    model tensorrt_llm" in text
     assert "server http:8000 grpc:8001 metrics:8002" in text
-    assert text.count(f"\\\n  : -x {LAUNCH_ID_ENV} -n 1 tritonserver") == 3
+    assert "hostfile /tmp/launcher-id1.hosts:\ngrp-0 slots=2\ngrp-0-1 slots=2\n" in text
+    assert f"-x {LAUNCH_ID_ENV} -n 4 sh -c " in text
+    for rank in plan.ranks:
+        assert f"rank {rank.rank}: {shlex.join(rank.argv)}" in text
 
 
 def test_agent_learns_the_group_from_mpiruns_environment() -> None:

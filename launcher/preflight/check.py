@@ -147,6 +147,14 @@ def _launch_failure(reports: list[RankReport], output: list[str]) -> str:
 def run_preflight(plan: LaunchPlan, environ: Mapping[str, str], timeout_s: float,
                   stop: threading.Event | None = None) -> PreflightResult:
     """Run the plan (whose ranks run the preflight program) and judge the output."""
+    from ..supervisor import hostfile_written
+
+    with hostfile_written(plan):
+        return _run(plan, environ, timeout_s, stop)
+
+
+def _run(plan: LaunchPlan, environ: Mapping[str, str], timeout_s: float,
+         stop: threading.Event | None) -> PreflightResult:
     started = time.monotonic()
     proc = subprocess.Popen(plan.argv, env={**environ, **plan.env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

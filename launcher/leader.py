@@ -24,7 +24,8 @@ from .discovery import wait_until_reachable
 from .errors import ExitCode, LauncherError, MissingExecutableError
 from .model_repository import check_engine, check_model_repository
 from .mpi import detect_mpi
-from .observability import HealthServer
+from .observability import HealthServer, LeaderPhase
+from .outcome import Outcome, finish
 from .preflight.check import PreflightResult, format_result, rank_program, run_preflight, summary_line
 from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, agent_env, build_plan
 from .signals import install_stop_handlers
@@ -72,7 +73,7 @@ class Leader:
     agent: str | None  # None: every rank runs on this machine
     environ: dict[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
     check_repository: bool = True
-    group_changed: Callable[[], str | None] | None = None  # why the group broke while serving, else None
+    group_changed: Callable[[], Outcome | None] | None = None  # how the group ended the launch, else None
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -139,15 +140,15 @@ class Leader:
         health = HealthServer(self.config.health_port, self.metrics.registry, self._live, self._ready).start()
         phases = self.metrics.phases
         try:
-            phases.enter("discovery")
+            phases.enter(LeaderPhase.DISCOVERY)
             members = self.discover(self.stop)
             log.info("discovery: %d/%d pods found", len(members), self.config.pods)
-            phases.enter("readiness")
+            phases.enter(LeaderPhase.READINESS)
             if self.agent is not None and len(members) > 1:
                 wait_until_reachable(self.agent, members[1:], self.config.discovery_timeout_s, self.stop,
                                      {**self.environ, **agent_env(self.config)})
             if self.config.preflight.enabled:
-                phases.enter("preflight")
+                phases.enter(LeaderPhase.PREFLIGHT)
                 self.preflight(members, mpirun, flavor, triton)
             plan = self.plan(members, mpirun, flavor, triton)
             options = SupervisorOptions(
@@ -161,18 +162,18 @@ class Leader:
             )
             if self.stop.is_set():
                 raise LauncherError("stopped before launch", ExitCode.INTERRUPTED)
-            return self.supervisor.run()
+            return finish(self.supervisor.run())
         finally:
-            phases.enter("exited")
+            phases.enter(LeaderPhase.EXITED)
             health.stop()
 
     def _live(self) -> tuple[bool, str]:
-        return True, self.metrics.phases.current
+        return True, self.metrics.phases.current.value
 
     def _ready(self) -> tuple[bool, str]:
         supervisor = self.supervisor
         if supervisor is None or not supervisor.ready:
-            return False, f"not ready: {self.metrics.phases.current}"
+            return False, f"not ready: {self.metrics.phases.current.value}"
         if not supervisor.all_ranks_alive:
             return False, "not ready: a rank is gone"
         return True, "ready"

@@ -7,9 +7,11 @@ can run several roles side by side.
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
@@ -18,39 +20,58 @@ from . import __version__
 from .errors import ConfigError
 
 PREFIX = "launcher"
-LEADER_PHASES = ("config", "discovery", "readiness", "preflight", "launch", "serving", "stopping", "exited")
-WORKER_STATES = ("waiting", "ranked", "lost")
 
 
-class PhaseTracker:
-    """Current phase as a one-hot gauge, and seconds spent in each finished phase."""
+class LeaderPhase(str, enum.Enum):
+    CONFIG = "config"
+    DISCOVERY = "discovery"
+    READINESS = "readiness"
+    PREFLIGHT = "preflight"
+    LAUNCH = "launch"
+    SERVING = "serving"
+    STOPPING = "stopping"
+    EXITED = "exited"
 
-    def __init__(self, registry: CollectorRegistry, phases: tuple[str, ...], name: str = "phase") -> None:
-        self.phases = phases
+
+class WorkerState(str, enum.Enum):
+    WAITING = "waiting"  # no rank seen yet
+    RANKED = "ranked"  # MPI ranks running in this pod
+    LOST = "lost"  # a rank or its daemon died; for good
+
+
+P = TypeVar("P", LeaderPhase, WorkerState)
+
+
+class PhaseTracker(Generic[P]):
+    """Current phase (the first member of ``phases`` at start) as a one-hot gauge, and seconds spent
+    in each finished phase."""
+
+    def __init__(self, registry: CollectorRegistry, phases: type[P], name: str = "phase") -> None:
+        self.phases: type[P] = phases
         self._current = Gauge(f"{PREFIX}_{name}", f"1 for the current {name}", [name], registry=registry)
         self._seconds = Gauge(
             f"{PREFIX}_{name}_duration_seconds", f"Seconds spent in each {name}", [name], registry=registry
         )
-        self.current = phases[0]
+        self.current: P = next(iter(phases))
         self._since = time.monotonic()
-        self.durations: dict[str, float] = {}
+        self.durations: dict[P, float] = {}
         self._lock = threading.Lock()
         self._show()
 
-    def enter(self, phase: str) -> float:
+    def enter(self, phase: P) -> float:
         """Move to ``phase``; return the seconds spent in the previous one."""
         with self._lock:
             now = time.monotonic()
             spent = now - self._since
             self.durations[self.current] = self.durations.get(self.current, 0.0) + spent
-            self._seconds.labels(self.current).set(self.durations[self.current])
+            self._seconds.labels(self.current.value).set(self.durations[self.current])
             self.current, self._since = phase, now
             self._show()
             return spent
 
     def _show(self) -> None:
         for phase in self.phases:
-            self._current.labels(phase).set(1 if phase == self.current else 0)
+            self._current.labels(phase.value).set(1 if phase == self.current else 0)
 
 
 def build_info(registry: CollectorRegistry, role: str) -> None:

@@ -25,8 +25,8 @@ import psutil
 from prometheus_client import CollectorRegistry, Gauge
 
 from . import procs
-from .errors import ExitCode, LauncherError
-from .observability import LEADER_PHASES, PREFIX, PhaseTracker, build_info
+from .observability import PREFIX, LeaderPhase, PhaseTracker, build_info
+from .outcome import Ended, Outcome
 from .plan import LaunchPlan
 
 log = logging.getLogger("launcher.supervisor")
@@ -47,7 +47,7 @@ class LeaderMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         build_info(self.registry, "leader")
-        self.phases = PhaseTracker(self.registry, LEADER_PHASES)
+        self.phases = PhaseTracker(self.registry, LeaderPhase)
         self.ranks_expected = Gauge(f"{PREFIX}_ranks_expected", "Ranks in the launch", registry=self.registry)
         self.ranks_alive = Gauge(
             f"{PREFIX}_ranks_alive", "Ranks alive (local ranks seen, remote ones while mpirun runs)",
@@ -105,7 +105,7 @@ class Supervisor:
         rank0_ready: ReadinessProbe,
         stop: threading.Event,
         environ: dict[str, str] | None = None,
-        group_changed: Callable[[], str | None] | None = None,
+        group_changed: Callable[[], Outcome | None] | None = None,
     ) -> None:
         self.plan = plan
         self.options = options
@@ -120,51 +120,48 @@ class Supervisor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.time_to_ready_s: float | None = None
 
-    def run(self) -> int:
+    def run(self) -> Outcome:
         self.metrics.ranks_expected.set(len(self.plan.ranks))
-        self.metrics.phases.enter("launch")
+        self.metrics.phases.enter(LeaderPhase.LAUNCH)
         started = time.monotonic()
         with hostfile_written(self.plan):
             self.proc = subprocess.Popen(self.plan.argv, env=self.environ, start_new_session=True)
             log.info("mpirun started (pid %d) with %d ranks", self.proc.pid, len(self.plan.ranks))
-            graceful = False
+            outcome = None
             try:
-                code = self._monitor(self.proc, started)
-                graceful = self.stop.is_set()
-                return code
+                outcome = self._monitor(self.proc, started)
+                return outcome
             finally:
-                self._shutdown(self.proc, graceful)
+                self._shutdown(self.proc, graceful=outcome is not None and outcome.graceful)
 
-    def _monitor(self, proc: subprocess.Popen[bytes], started: float) -> int:
+    def _monitor(self, proc: subprocess.Popen[bytes], started: float) -> Outcome:
         seen_local = 0
         next_probe = started
         while True:
-            self._check_group()
+            changed = self.group_changed()
+            if changed is not None:
+                return changed
             returncode = proc.poll()
             if returncode is not None:
                 return self._mpirun_exited(returncode)
             if self.stop.is_set():
                 log.info("stop requested: shutting the launch down")
-                return ExitCode.OK
+                return Outcome(Ended.STOPPED, "stop requested")
             alive = self._local_ranks(proc)
             seen_local = max(seen_local, alive)
             self.all_ranks_alive = alive == self.options.local_ranks
             self.metrics.ranks_alive.set(len(self.plan.ranks) - (seen_local - alive))
             if seen_local == self.options.local_ranks and alive < seen_local:
-                raise LauncherError(
-                    f"a rank ended: {seen_local - alive} of {seen_local} local ranks died while mpirun was "
-                    "running (see the rank's log above)", ExitCode.RANK_LOST,
-                )
+                return Outcome(Ended.RANK_LOST, f"a rank ended: {seen_local - alive} of {seen_local} local ranks "
+                                                "died while mpirun was running (see the rank's log above)")
             now = time.monotonic()
             if now >= next_probe:
                 self._probe(now - started)
                 next_probe = now + (self.options.serving_interval_s if self.ready else self.options.probe_interval_s)
             if not self.ready and now - started > self.options.startup_timeout_s:
-                raise LauncherError(
-                    f"rank 0 was not ready after {self.options.startup_timeout_s:.0f}s; raise "
-                    "--startup-timeout for large engines or read the ranks' logs above",
-                    ExitCode.STARTUP_TIMEOUT,
-                )
+                return Outcome(Ended.STARTUP_TIMEOUT, f"rank 0 was not ready after {self.options.startup_timeout_s:.0f}s; "
+                                                      "raise --startup-timeout for large engines or read the ranks' "
+                                                      "logs above")
             self.stop.wait(self.options.probe_interval_s)
 
     def _probe(self, elapsed: float) -> None:
@@ -172,7 +169,7 @@ class Supervisor:
         if ready and self.time_to_ready_s is None:
             self.time_to_ready_s = elapsed
             self.metrics.time_to_ready.set(elapsed)
-            self.metrics.phases.enter("serving")
+            self.metrics.phases.enter(LeaderPhase.SERVING)
             log.info("rank 0 ready after %.2fs: serving", elapsed)
         elif self.ready and not ready:
             log.warning("rank 0 stopped answering ready")
@@ -193,30 +190,25 @@ class Supervisor:
                 continue
         return count
 
-    def _check_group(self) -> None:
-        reason = self.group_changed()
-        if reason is not None:
-            raise LauncherError(f"{reason}: stopping the launch so that LeaderWorkerSet recreates the group",
-                                ExitCode.GROUP_CHANGED)
-
-    def _mpirun_exited(self, returncode: int) -> int:
+    def _mpirun_exited(self, returncode: int) -> Outcome:
         self.metrics.mpirun_exit_code.set(returncode)
         if self.stop.is_set():
             log.info("mpirun exited (%d) after the stop request", returncode)
-            return ExitCode.OK
+            return Outcome(Ended.STOPPED, "stop requested")
         # A pod going away often ends mpirun (its daemon is lost) a moment before
         # the pod watch tells why: give the watch a moment to name the cause.
         settle = time.monotonic() + self.options.group_settle_s
         while time.monotonic() < settle and not self.stop.wait(0.05):
-            self._check_group()
+            changed = self.group_changed()
+            if changed is not None:
+                return changed
         status = exit_code_of(returncode)
         if returncode == 0 or self.time_to_ready_s is not None:
             # One code for one fault: a rank dying while serving ends mpirun with whatever
             # status that rank's death gave it, or is seen first as a missing local rank.
-            raise LauncherError(f"mpirun exited on its own with status {status}: a rank ended (see its log "
-                                "above); the group must be restarted", ExitCode.RANK_LOST)
-        log.error("mpirun exited with status %d before rank 0 was ready", status)
-        return status
+            return Outcome(Ended.RANK_LOST, f"mpirun exited on its own with status {status}: a rank ended (see its "
+                                            "log above); the group must be restarted")
+        return Outcome(Ended.MPIRUN_FAILED, f"mpirun exited with status {status} before rank 0 was ready", status)
 
     def _stop_gracefully(self, proc: subprocess.Popen[bytes], launched: list[psutil.Process]) -> list[psutil.Process]:
         """SIGTERM to mpirun and, at the same moment, to the local ranks: Triton
@@ -236,7 +228,7 @@ class Supervisor:
     def _shutdown(self, proc: subprocess.Popen[bytes], graceful: bool) -> None:
         """End every process of the launch: gracefully on request, at once after a failure
         (a broken world cannot finish its collectives, so waiting only delays the restart)."""
-        self.metrics.phases.enter("stopping")
+        self.metrics.phases.enter(LeaderPhase.STOPPING)
         self.metrics.rank0_ready.set(0)
         self.rank0_ready.close()
         begun = time.monotonic()

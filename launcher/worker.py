@@ -20,7 +20,7 @@ import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import procs
-from .observability import PREFIX, WORKER_STATES, PhaseTracker, build_info
+from .observability import PREFIX, PhaseTracker, WorkerState, build_info
 
 log = logging.getLogger("launcher.worker")
 
@@ -41,7 +41,7 @@ class WorkerAgent:
         self.kill_grace_s = kill_grace_s
         self.registry = CollectorRegistry()
         build_info(self.registry, "worker")
-        self.states = PhaseTracker(self.registry, WORKER_STATES, name="worker_state")
+        self.states = PhaseTracker(self.registry, WorkerState, name="worker_state")
         self.ranks_gauge = Gauge(f"{PREFIX}_worker_ranks", "MPI ranks running in this pod", registry=self.registry)
         self.daemons_gauge = Gauge(f"{PREFIX}_worker_daemons", "MPI daemons (rank parents) in this pod",
                                    registry=self.registry)
@@ -54,7 +54,7 @@ class WorkerAgent:
         self.lost_reason = ""
 
     @property
-    def state(self) -> str:
+    def state(self) -> WorkerState:
         return self.states.current
 
     def _identify(self, proc: psutil.Process) -> tuple[bool, int]:
@@ -100,13 +100,13 @@ class WorkerAgent:
 
     def observe(self) -> None:
         """One look at the pod's processes; moves the state machine."""
-        if self.state == "lost":
+        if self.state == WorkerState.LOST:
             return
         launchers, ranks = self.snapshot()
-        if self.state == "waiting" and ranks:
-            self.states.enter("ranked")
+        if self.state == WorkerState.WAITING and ranks:
+            self.states.enter(WorkerState.RANKED)
             log.info("ranked: %d ranks under %d MPI launchers in this pod", len(ranks), len(launchers))
-        elif self.state == "ranked":
+        elif self.state == WorkerState.RANKED:
             gone_ranks = [pid for pid in self.ranks if pid not in ranks]
             gone_launchers = [pid for pid, p in self.launchers.items() if not p.is_running()]
             if gone_ranks or gone_launchers:
@@ -120,7 +120,7 @@ class WorkerAgent:
     def _lose(self, reason: str) -> None:
         self.lost_reason = reason
         self.losses.inc()
-        self.states.enter("lost")
+        self.states.enter(WorkerState.LOST)
         leftovers = [proc for proc, _ in self._carriers().values()]
         leftovers += [p for p in self.launchers.values() if p.is_running() and p.name() in DAEMON_NAMES]
         if leftovers:
@@ -132,9 +132,9 @@ class WorkerAgent:
         self.daemons_gauge.set(0)
 
     def live(self) -> tuple[bool, str]:
-        if self.state == "lost":
+        if self.state == WorkerState.LOST:
             return False, f"lost: {self.lost_reason}; restart the pod so the group is recreated"
-        return True, self.state
+        return True, self.state.value
 
     def ready(self) -> tuple[bool, str]:
         return self.live()

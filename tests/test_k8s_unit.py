@@ -17,6 +17,7 @@ from launcher.k8s import GROUP_KEY_LABEL, WORKER_INDEX_LABEL, KubernetesGroup, r
 from launcher.k8s.pods import PodState, change_of, members_if_complete, pod_state, running_count
 from launcher.k8s.watch import access_error
 from launcher.plan import LaunchPlan, Member, MpiFlavor, Rank
+from launcher.outcome import Ended, Outcome, exit_code, finish
 from launcher.supervisor import LeaderMetrics, Supervisor, SupervisorOptions
 
 
@@ -115,7 +116,8 @@ def test_changed_is_none_before_discovery() -> None:
 
 def plan_running(*argv: str) -> LaunchPlan:
     ranks = (Rank(0, "p0", "a0", 0, ("x",)), Rank(1, "p1", "a1", 0, ("x",)))
-    return LaunchPlan(MpiFlavor(5, 0), ("p0:1", "p1:1"), ranks, argv, {"LAUNCHER_LAUNCH_ID": "unit-k8s"}, ())
+    return LaunchPlan(MpiFlavor(5, 0), ("p0:1", "p1:1"), ranks, argv, {"LAUNCHER_LAUNCH_ID": "unit-k8s"}, (),
+                      "/tmp/launcher-unit-k8s.hosts")
 
 
 class NeverReady:
@@ -126,44 +128,66 @@ class NeverReady:
         pass
 
 
-def supervise(group_changed: object, argv: tuple[str, ...]) -> tuple[int | None, LauncherError | None, float]:
+def supervise(group_changed: object, argv: tuple[str, ...]) -> tuple[Outcome, float]:
     options = SupervisorOptions(startup_timeout_s=30, stop_grace_s=1, local_ranks=0, group_settle_s=1.0)
     supervisor = Supervisor(plan_running(*argv), options, LeaderMetrics(), NeverReady(), threading.Event(),
                             group_changed=group_changed)  # type: ignore[arg-type]
     begun = time.monotonic()
-    try:
-        return supervisor.run(), None, time.monotonic() - begun
-    except LauncherError as exc:
-        return None, exc, time.monotonic() - begun
+    return supervisor.run(), time.monotonic() - begun
+
+
+DELETED = Outcome(Ended.GROUP_CHANGED, "pod w (worker 1) was deleted: stopping the launch")
 
 
 def test_supervisor_stops_the_launch_when_the_group_changes() -> None:
     calls = []
 
-    def changed() -> str | None:
+    def changed() -> Outcome | None:
         calls.append(time.monotonic())
-        return "pod w (worker 1) was deleted" if len(calls) > 3 else None
+        return DELETED if len(calls) > 3 else None
 
-    code, error, took = supervise(changed, (sys.executable, "-c", "import time; time.sleep(30)"))
-    assert code is None and error is not None and took < 3
-    assert error.exit_code == ExitCode.GROUP_CHANGED
-    assert str(error) == "pod w (worker 1) was deleted: stopping the launch so that LeaderWorkerSet recreates the group"
+    outcome, took = supervise(changed, (sys.executable, "-c", "import time; time.sleep(30)"))
+    assert outcome == DELETED and exit_code(outcome) == ExitCode.GROUP_CHANGED and took < 3
 
 
 def test_a_pod_change_seen_just_after_mpirun_fails_names_the_cause() -> None:
     seen: list[float] = []
 
-    def changed() -> str | None:
+    def changed() -> Outcome | None:
         seen.append(time.monotonic())
-        return "pod w (worker 1) is terminating" if len(seen) > 2 else None
+        return DELETED if len(seen) > 2 else None
 
-    code, error, _ = supervise(changed, (sys.executable, "-c", "raise SystemExit(1)"))
-    assert error is not None and error.exit_code == ExitCode.GROUP_CHANGED, code
+    outcome, _ = supervise(changed, (sys.executable, "-c", "raise SystemExit(1)"))
+    assert outcome == DELETED
 
 
 def test_mpirun_failure_without_a_pod_change_keeps_its_status() -> None:
-    code, error, took = supervise(lambda: None, (sys.executable, "-c", "raise SystemExit(3)"))
-    assert (code, error) == (3, None) and took >= 1.0
+    outcome, took = supervise(lambda: None, (sys.executable, "-c", "raise SystemExit(3)"))
+    assert outcome.ended is Ended.MPIRUN_FAILED and exit_code(outcome) == 3 and took >= 1.0
+
+
+@pytest.mark.parametrize("ended,code", [(Ended.STOPPED, 0), (Ended.RANK_LOST, 78), (Ended.STARTUP_TIMEOUT, 77),
+                                        (Ended.GROUP_CHANGED, 79), (Ended.FORBIDDEN, 81)])
+def test_each_outcome_has_its_exit_code(ended: Ended, code: int) -> None:
+    outcome = Outcome(ended, "why")
+    assert exit_code(outcome) == code
+    if code:
+        with pytest.raises(LauncherError) as info:
+            finish(outcome)
+        assert (info.value.exit_code, str(info.value)) == (code, "why")
+    else:
+        assert finish(outcome) == 0
+
+
+def test_a_watch_refused_while_serving_ends_as_forbidden_not_as_a_group_change() -> None:
+    class Refused:
+        def snapshot(self) -> None:
+            raise access_error(403, "watch", "ns1")
+
+    group = KubernetesGroup("ns1", "k", 2, 1.0)
+    group._watch, group._baseline = Refused(), [object()]  # type: ignore[assignment,list-item]
+    outcome = group.changed()
+    assert outcome is not None and outcome.ended is Ended.FORBIDDEN and exit_code(outcome) == 81
 
 
 KUBECONFIG = """apiVersion: v1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launcher.observability import HealthServer
+from launcher.observability import HealthServer, LeaderPhase
 from launcher.supervisor import LeaderMetrics
 from tests.conftest import http_get as get
 
@@ -18,8 +18,8 @@ def test_endpoints_follow_callbacks_and_phases() -> None:
         assert get(server.port, "/readyz") == (503, "not ready\n")
         state["ready"] = True
         assert get(server.port, "/readyz") == (200, "ready\n")
-        metrics.phases.enter("discovery")
-        metrics.phases.enter("launch")
+        metrics.phases.enter(LeaderPhase.DISCOVERY)
+        metrics.phases.enter(LeaderPhase.LAUNCH)
         code, text = get(server.port, "/metrics")
         assert code == 200
         assert 'launcher_phase{phase="launch"} 1.0' in text

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ExitCode, LauncherError
+from ..outcome import Ended, Outcome
 from ..plan import Member
 from .pods import PodState, change_of, members_if_complete, running_count
 from .watch import PodWatch, load_api_client
@@ -77,16 +78,23 @@ class KubernetesGroup:
             "--discovery-timeout", ExitCode.DISCOVERY_TIMEOUT,
         )
 
-    def changed(self) -> str | None:
-        """Why the group no longer holds the launch (a worker pod deleted, replaced, restarted,
-        terminating, not Running, or no longer ready after it was), else None."""
+    def changed(self) -> Outcome | None:
+        """How the launch must end because its group no longer holds it (a worker pod deleted, replaced,
+        restarted, terminating, not Running, or no longer ready after it was; or the watch itself
+        refused), else None."""
         watch = self._watch
         if watch is None or not self._baseline:
             return None
         try:
             _, pods = watch.snapshot()
         except LauncherError as exc:
-            return str(exc)
+            return Outcome(Ended.FORBIDDEN if exc.exit_code == ExitCode.FORBIDDEN else Ended.GROUP_CHANGED, str(exc))
+        reason = self._change(pods)
+        if reason is None:
+            return None
+        return Outcome(Ended.GROUP_CHANGED, f"{reason}: stopping the launch so that LeaderWorkerSet recreates the group")
+
+    def _change(self, pods: dict[str, PodState]) -> str | None:
         for baseline in self._baseline:
             now = pods.get(baseline.name)
             reason = change_of(baseline, now)

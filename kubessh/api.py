@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import ssl
 import time
@@ -12,14 +11,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
+from kubessh.denial import BEFORE_ACCEPTED_S, DenialGrace
 from kubessh.errors import Exit, KubesshError, Transient
 from kubessh.server import ApiServer
 
 T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-# An API server that has just started answers 403 until its RBAC caches are
-# filled: a denial is retried this long before it is reported.
-FORBIDDEN_GRACE_S = 2.0
 ROLE_HINT = "grant the launcher's Role: pods get/list/watch, pods/exec create/get"
 _FORBIDDEN = re.compile(r'User "([^"]*)" cannot (\w+) resource "([^"]+)"')
 
@@ -63,23 +60,21 @@ def http_error(status: int, body: bytes | str, *, namespace: str, pod: str, verb
     return KubesshError(f"{verb} {resource} {pod} failed ({status}): {message}")
 
 
-def retrying(action: Callable[[], T], budget_s: float | None = None) -> T:
-    """``action()``, again with exponential backoff while it raises Transient, within a budget."""
-    if budget_s is None:
-        try:
-            budget_s = float(os.environ.get("KUBESSH_RETRY_S", "20"))
-        except ValueError:
-            raise KubesshError("KUBESSH_RETRY_S: not a number of seconds", Exit.USAGE) from None
+def retrying(action: Callable[[], T], budget_s: float) -> T:
+    """``action()``, again with exponential backoff while it raises Transient, within a budget; a
+    denial only for as long as ``DenialGrace`` allows credentials never accepted."""
     start = time.monotonic()
     deadline = start + budget_s
+    denial = DenialGrace(before_accepted_s=min(budget_s, BEFORE_ACCEPTED_S))
     delay = 0.1
     while True:
         try:
             return action()
         except Transient as exc:
-            if exc.code == Exit.FORBIDDEN and time.monotonic() + delay > start + min(budget_s, FORBIDDEN_GRACE_S):
+            now = time.monotonic()
+            if exc.code == Exit.FORBIDDEN and (denial.final(now) or denial.remaining(now) < delay):
                 raise KubesshError(str(exc), exc.code) from None
-            if time.monotonic() + delay > deadline:
+            if now + delay > deadline:
                 raise KubesshError(f"{exc} (gave up after {budget_s:.0f}s of retries)") from exc
         time.sleep(delay)
         delay = min(delay * 2, 2.0)

@@ -34,6 +34,8 @@ _SSH_VALUED = set("BbcDEeFIiJLlmOopQRSWw")
 
 @dataclass(frozen=True)
 class Request:
+    """Everything one call needs, command line and environment together: nothing is read later."""
+
     pod: str
     words: tuple[str, ...] = ()
     namespace: str | None = None
@@ -41,6 +43,24 @@ class Request:
     group_key: str | None = None
     any_pod: bool = False
     probe: bool = False
+    retry_s: float = 20.0  # KUBESSH_RETRY_S
+    detach: bool = True  # KUBESSH_DETACH=auto (never: False)
+    detach_confirm_s: float = 0.5  # KUBESSH_DETACH_CONFIRM_S
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        return float(environ.get(name, default))
+    except ValueError:
+        raise KubesshError(f"{name}={environ[name]!r}: not a number of seconds", Exit.USAGE) from None
+
+
+def _detach(environ: Mapping[str, str]) -> bool:
+    """KUBESSH_DETACH=never keeps MPI daemons on the exec stream (debugging only: see README)."""
+    mode = environ.get("KUBESSH_DETACH", "auto")
+    if mode not in ("auto", "never"):
+        raise KubesshError(f"KUBESSH_DETACH={mode!r}: use auto (the default) or never", Exit.USAGE)
+    return mode == "auto"
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
@@ -75,9 +95,15 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
         raise KubesshError(f"--probe takes no command (it runs 'true' in {pod})", Exit.USAGE)
     if not words and "--probe" not in flags:
         raise KubesshError(f"no command for {pod} (kubessh opens no interactive shell)", Exit.USAGE)
-    return Request(
+    request = Request(
         pod=pod, words=words, probe="--probe" in flags, any_pod="--any-pod" in flags,
         namespace=values.get("namespace") or environ.get("LAUNCHER_NAMESPACE") or None,
         container=values.get("container") or environ.get("KUBESSH_CONTAINER") or None,
         group_key=values.get("group_key") or environ.get("LAUNCHER_GROUP_KEY") or None,
+        retry_s=_seconds(environ, "KUBESSH_RETRY_S", Request.retry_s), detach=_detach(environ),
+        detach_confirm_s=_seconds(environ, "KUBESSH_DETACH_CONFIRM_S", Request.detach_confirm_s),
     )
+    if request.group_key is None and not request.any_pod:
+        raise KubesshError("no group key (set LAUNCHER_GROUP_KEY or --group-key, or pass --any-pod): "
+                           f"refusing to exec into {pod}", Exit.REFUSED)
+    return request

@@ -39,55 +39,40 @@ def first_container(pod: dict[str, Any], name: str) -> str:
     return str(containers[0]["name"])
 
 
-def detach_mode() -> str:
-    """KUBESSH_DETACH=never keeps MPI daemons on the exec stream (debugging only: see README)."""
-    mode = os.environ.get("KUBESSH_DETACH", "auto")
-    if mode not in ("auto", "never"):
-        raise KubesshError(f"KUBESSH_DETACH={mode!r}: use auto (the default) or never", Exit.USAGE)
-    return mode
-
-
-def seconds(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        raise KubesshError(f"{name}={os.environ[name]!r}: not a number of seconds", Exit.USAGE) from None
-
-
 def remote_command(request: Request) -> tuple[list[str], bool, float | None]:
     """What to exec, whether local stdin goes with it, and the deadline (probes only)."""
     from kubessh.remote import is_daemon_launch, remote_argv
 
     if request.probe:
         return ["sh", "-c", "true"], False, time.monotonic() + PROBE_TIMEOUT_S
-    detach = is_daemon_launch(request.words) and detach_mode() == "auto"
-    return remote_argv(request.words, detach, seconds("KUBESSH_DETACH_CONFIRM_S", 0.5)), not detach, None
+    detach = request.detach and is_daemon_launch(request.words)
+    return remote_argv(request.words, detach, request.detach_confirm_s), not detach, None
 
 
-def run(request: Request, endpoint: ApiServer | None = None) -> int:
-    """The remote command's exit status; ``endpoint``: the API server, else found from this environment."""
-    if request.group_key is None and not request.any_pod:
-        raise KubesshError("no group key (set LAUNCHER_GROUP_KEY or --group-key, or pass --any-pod): "
-                           f"refusing to exec into {request.pod}", Exit.REFUSED)
-    from kubessh import api, server, wsexec
+def run(request: Request, endpoint: ApiServer) -> int:
+    """The remote command's exit status, through the API server at ``endpoint``."""
+    from kubessh import api, wsexec
 
     argv, stdin, deadline = remote_command(request)
-    endpoint = endpoint or server.load(os.environ)
     namespace = request.namespace or endpoint.namespace
     if not namespace:
         raise KubesshError("no namespace: set LAUNCHER_NAMESPACE or --namespace", Exit.USAGE)
-    pod = api.retrying(lambda: api.get_pod(endpoint, namespace, request.pod))
+    pod = api.retrying(lambda: api.get_pod(endpoint, namespace, request.pod), request.retry_s)
     check_group(pod, request)
     check_running(pod, request.pod)
     container = request.container or first_container(pod, request.pod)
     url = wsexec.exec_url(endpoint, namespace, request.pod, container, argv, stdin)
-    ws = api.retrying(lambda: wsexec.connect(endpoint, namespace, request.pod, url, CONNECT_TIMEOUT_S))
+    ws = api.retrying(lambda: wsexec.connect(endpoint, namespace, request.pod, url, CONNECT_TIMEOUT_S),
+                      request.retry_s)
     return wsexec.Session(ws).wait(0 if stdin else None, deadline)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return run(parse(sys.argv[1:] if argv is None else argv, os.environ))
+        request = parse(sys.argv[1:] if argv is None else argv, os.environ)
+        from kubessh import server
+
+        return run(request, server.load(os.environ))
     except KubesshError as exc:
         if exc.code == Exit.OK:  # --help
             print(exc)

@@ -209,8 +209,9 @@ def test_kubessh_probe_ends_readiness_at_once_only_for_what_waiting_cannot_chang
     (tmp_path / "config").write_text(KUBECONFIG)
     # the client reads $KUBECONFIG once, when it is imported
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "config"))
-    monkeypatch.setenv("KUBESSH_RETRY_S", "0.2")
-    environ = {"LAUNCHER_GROUP_KEY": group_key} if group_key else {}
+    # the environment the leader hands the agent is the one kubessh obeys, not the process's own
+    monkeypatch.setenv("KUBESSH_RETRY_S", "60")
+    environ = {"KUBESSH_RETRY_S": "0.2", **({"LAUNCHER_GROUP_KEY": group_key} if group_key else {})}
     begun = time.monotonic()
     with pytest.raises(LauncherError) as info:
         wait_until_reachable("kubessh", [Member("w-0-1", "w-0-1", 1)], 1.0, threading.Event(), environ,

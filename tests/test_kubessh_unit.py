@@ -13,14 +13,31 @@ import pytest
 
 from kubessh import api, cli, remote, server, wsexec
 from kubessh.args import Request, parse
+from kubessh.denial import BEFORE_ACCEPTED_S, DenialGrace
 from kubessh.errors import Exit, KubesshError, Transient
 
 ENV = {"LAUNCHER_GROUP_KEY": "k1", "LAUNCHER_NAMESPACE": "ns1"}
 
 
 def test_pod_and_words_after_ssh_options() -> None:
-    req = parse(["-x", "-o", "BatchMode=yes", "-p", "22", "root@pod-1", "orted", "-mca", "'a b'"], {})
-    assert req == Request(pod="pod-1", words=("orted", "-mca", "'a b'"))
+    req = parse(["-x", "-o", "BatchMode=yes", "-p", "22", "root@pod-1", "orted", "-mca", "'a b'"], ENV)
+    assert req == Request(pod="pod-1", words=("orted", "-mca", "'a b'"), namespace="ns1", group_key="k1")
+
+
+def test_the_environment_is_read_once_into_the_request() -> None:
+    req = parse(["pod", "true"], {**ENV, "KUBESSH_RETRY_S": "3", "KUBESSH_DETACH": "never",
+                                  "KUBESSH_DETACH_CONFIRM_S": "0.2"})
+    assert (req.retry_s, req.detach, req.detach_confirm_s) == (3.0, False, 0.2)
+    for bad in ({"KUBESSH_RETRY_S": "soon"}, {"KUBESSH_DETACH": "maybe"}, {"KUBESSH_DETACH_CONFIRM_S": "x"}):
+        with pytest.raises(KubesshError) as err:
+            parse(["pod", "true"], {**ENV, **bad})
+        assert err.value.code == Exit.USAGE and next(iter(bad)) in str(err.value)
+
+
+def test_no_group_key_is_refused_before_anything_else() -> None:
+    with pytest.raises(KubesshError) as err:
+        parse(["pod", "true"], {"LAUNCHER_NAMESPACE": "ns1"})
+    assert err.value.code == Exit.REFUSED and "no group key" in str(err.value)
 
 
 def test_flags_beat_environment() -> None:
@@ -187,7 +204,7 @@ def test_a_denial_is_retried_briefly_then_reported_as_it_is() -> None:
         api.retrying(denied, budget_s=20)
     assert type(err.value) is KubesshError and err.value.code == Exit.FORBIDDEN
     assert str(err.value).startswith("forbidden: cannot get pods") and len(calls) > 1
-    assert time.monotonic() - t0 <= api.FORBIDDEN_GRACE_S + 0.5
+    assert time.monotonic() - t0 <= BEFORE_ACCEPTED_S + 0.5
 
 
 def test_retrying_gives_up_within_its_budget() -> None:
@@ -303,3 +320,12 @@ def test_session_on_v4_cannot_close_stdin(tmp_path: Path) -> None:
     with open(source, "rb") as f:
         wsexec.Session(ws)._pump_stdin(f.fileno())  # type: ignore[arg-type]
     assert ws.sent == [b"\x00data"]
+
+
+def test_a_denial_is_final_sooner_for_credentials_never_accepted() -> None:
+    fresh, known = DenialGrace(2.0, 15.0), DenialGrace(2.0, 15.0)
+    known.allowed()
+    assert not fresh.final(100.0) and not fresh.final(101.9) and fresh.final(102.0)
+    assert not known.final(100.0) and not known.final(114.9) and known.final(115.0)
+    known.allowed()  # an answer in between starts the grace again
+    assert not known.final(200.0) and known.remaining(205.0) == 10.0

@@ -144,7 +144,7 @@ def test_unknown_container_is_one_line(cluster: Any, groups: Groups) -> None:
 
 def test_api_server_down_at_start_is_retried(cluster: Any, groups: Groups) -> None:
     # As the cluster admin: an API server that has just started denies service accounts until its
-    # RBAC caches fill (kubessh gives a denial api.FORBIDDEN_GRACE_S), which is not what this tests.
+    # RBAC caches fill (kubessh gives a denial kubessh.denial.BEFORE_ACCEPTED_S), which is not what this tests.
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "LAUNCHER_GROUP_KEY": groups.key}
     result: list[subprocess.CompletedProcess[str]] = []
 

@@ -45,7 +45,7 @@ class KubernetesGroup:
         self._seen_ready: set[str] = set()
 
     def __call__(self, stop: threading.Event) -> Sequence[Member]:
-        watch = self._watch = PodWatch(self._api_client(), self.namespace, self.group_key).start()
+        watch = self._watch = PodWatch.of_group(self._api_client(), self.namespace, self.group_key).start()
         deadline = time.monotonic() + self.timeout_s
         shown, next_progress = -1, 0.0
         while True:

@@ -1,20 +1,30 @@
 """One list + watch of the group's pods, kept current in a daemon thread.
 
-The thread lists (taking the list's resourceVersion), then watches from that
-version. A watch that ends (server timeout, dropped connection, apiserver
-restart) resumes from the last version seen, bookmarks included; 410 Gone
-(the version left the apiserver's window) re-lists. Transport errors back
-off and retry for as long as the watch is open: the caller owns the deadline.
-A permission error is final and is handed to the caller as a one-line error.
+Three layers. ``ApiPods`` is the API: one list (pods and its resourceVersion)
+and one watch from a version until it ends, as plain events (410 Gone as
+``Gone``, other API errors as ``ApiError``). ``PodWatch.follow`` applies one
+watch's events to the view. ``PodWatch.run`` resumes: it lists, follows from
+the list's version, resumes from the last version seen when a watch ends
+(server timeout, dropped connection, apiserver restart; bookmarks included)
+and lists again after 410 Gone, the one place Gone is handled. Transport
+errors back off and retry for as long as the watch is open: the caller owns
+the deadline. A 401/403 is retried within ``kubessh.denial.DenialGrace``
+(the policy kubessh follows too), then handed to the caller as a one-line
+error. The clock and the pause between attempts are injectable, so the
+loop is tested against a fake API without sleeping.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from kubessh.denial import DenialGrace
 
 from ..errors import ExitCode, LauncherError
 from .pods import GROUP_KEY_LABEL, PodState, pod_state
@@ -23,10 +33,6 @@ log = logging.getLogger("launcher.k8s")
 
 WATCH_SECONDS = 60  # server-side end of one watch request; it is resumed at once
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
-# 401/403 is final once it lasts this long: briefly at first (a missing Role is reported at once), longer
-# once the API has answered these credentials (an apiserver just restarted denies until its caches fill).
-DENIED_S = 1.0
-DENIED_AFTER_SUCCESS_S = 15.0
 
 
 def kube(module: str) -> Any:
@@ -37,6 +43,27 @@ def kube(module: str) -> Any:
 
 class Gone(Exception):
     """The watch's resourceVersion is too old: list again."""
+
+
+class ApiError(Exception):
+    """An API answer other than success: ``status`` (401, 403, 500...) and its reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"API error {status} {reason}")
+        self.status = status
+
+
+Event = tuple[str, PodState | None, str | None]  # (ADDED|MODIFIED|DELETED|BOOKMARK, pod, resourceVersion)
+
+
+class PodApi(Protocol):
+    def list(self) -> tuple[dict[str, PodState], str]: ...
+
+    def watch(self, version: str) -> Iterator[Event]: ...
+
+    def interrupt(self) -> None: ...  # cut a watch blocked in a read (from another thread)
+
+    def close(self) -> None: ...
 
 
 def load_api_client() -> Any:
@@ -67,20 +94,86 @@ def access_error(status: int, verb: str, namespace: str) -> LauncherError:
         "get/list/watch on pods (and create/get on pods/exec for kubessh)", ExitCode.FORBIDDEN)
 
 
+class ApiPods:
+    """The group's pods through the ``kubernetes`` client: list, and watch from a version."""
+
+    def __init__(self, api_client: Any, namespace: str, selector: str) -> None:
+        self._api_client, self.namespace, self.selector = api_client, namespace, selector
+        self._core = kube("client").CoreV1Api(api_client)
+        self._stream: Any = None  # the open watch, so that interrupt() can cut its blocking read
+
+    def list(self) -> tuple[dict[str, PodState], str]:
+        with _api_errors():
+            listed = self._core.list_namespaced_pod(self.namespace, label_selector=self.selector,
+                                                    _request_timeout=(5, 30))
+        return {p.name: p for p in map(pod_state, listed.items)}, str(listed.metadata.resource_version)
+
+    def watch(self, version: str) -> Iterator[Event]:
+        self._stream = kube("watch").Watch()
+        try:
+            with _api_errors():
+                for event in self._stream.stream(
+                        self._core.list_namespaced_pod, self.namespace, label_selector=self.selector,
+                        resource_version=version, allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
+                        _request_timeout=(5, WATCH_SECONDS + 10)):
+                    yield _event(event)
+        finally:
+            self._stream = None
+
+    def interrupt(self) -> None:
+        stream = self._stream
+        response = getattr(stream, "_resp", None) if stream is not None else None
+        if response is not None:
+            try:
+                response.shutdown()
+            except Exception:  # already closed: nothing to cut
+                pass
+
+    def close(self) -> None:
+        self._api_client.close()
+
+
+@contextlib.contextmanager
+def _api_errors() -> Iterator[None]:
+    """API exceptions as ``Gone``/``ApiError``, so that the loop needs no client types."""
+    try:
+        yield
+    except kube("client").ApiException as exc:
+        if exc.status == 410:
+            raise Gone() from None
+        raise ApiError(int(exc.status or 0), str(exc.reason)) from None
+
+
+def _event(event: dict[str, Any]) -> Event:
+    kind = str(event.get("type"))
+    if kind == "BOOKMARK":
+        raw = event.get("raw_object") or {}
+        return kind, None, str(raw.get("metadata", {}).get("resourceVersion") or "") or None
+    obj = event.get("object")
+    if obj is None or not hasattr(obj, "metadata"):
+        return kind, None, None
+    return kind, pod_state(obj), str(obj.metadata.resource_version or "") or None
+
+
 class PodWatch:
     """The current pods of one group, by name, and a condition that fires on every change."""
 
-    def __init__(self, api_client: Any, namespace: str, group_key: str) -> None:
+    def __init__(self, api: PodApi, namespace: str, clock: Callable[[], float] = time.monotonic,
+                 pause: Callable[[float], object] | None = None) -> None:
         self.namespace = namespace
-        self.selector = f"{GROUP_KEY_LABEL}={group_key}"
-        self._api_client = api_client
+        self._api = api
+        self._clock = clock
+        self._closed = threading.Event()
+        self._pause = pause or self._closed.wait  # between attempts; returns early when closed
         self._pods: dict[str, PodState] = {}
         self._generation = 0
         self._error: LauncherError | None = None
         self._changed = threading.Condition()
-        self._closed = threading.Event()
-        self._stream: Any = None  # the open watch, so that close() can cut its blocking read
-        self._thread = threading.Thread(target=self._run, name="pod-watch", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="pod-watch", daemon=True)
+
+    @classmethod
+    def of_group(cls, api_client: Any, namespace: str, group_key: str) -> PodWatch:
+        return cls(ApiPods(api_client, namespace, f"{GROUP_KEY_LABEL}={group_key}"), namespace)
 
     def start(self) -> PodWatch:
         self._thread.start()
@@ -91,13 +184,7 @@ class PodWatch:
         self._closed.set()
         with self._changed:
             self._changed.notify_all()
-        stream = self._stream
-        response = getattr(stream, "_resp", None) if stream is not None else None
-        if response is not None:
-            try:
-                response.shutdown()
-            except Exception:  # already closed: nothing to cut
-                pass
+        self._api.interrupt()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
@@ -124,94 +211,64 @@ class PodWatch:
             self._generation += 1
             self._changed.notify_all()
 
-    def _run(self) -> None:
-        client = kube("client")
-        core = client.CoreV1Api(self._api_client)
+    def run(self) -> None:
+        """List, follow, resume; until closed or denied for good (the thread's body)."""
         failures = 0
         version: str | None = None
-        served, denied_since = False, None  # a restarting apiserver denies everyone until its caches fill
+        denial = DenialGrace()
         while not self._closed.is_set():
             try:
                 if version is None:
-                    version = self._list(core)
-                    served, denied_since = True, None
-                begun = time.monotonic()
-                version = self._watch(core, version)
-                denied_since = None
-                if time.monotonic() - begun < 1.0:  # ended at once: do not hammer a struggling apiserver
+                    pods, version = self._api.list()
+                    denial.allowed()
+                    self._publish(pods)
+                begun = self._clock()
+                version = self.follow(version)
+                denial.allowed()
+                if self._clock() - begun < 1.0:  # ended at once: do not hammer a struggling apiserver
                     failures = self._backoff(failures, "the watch ended at once")
                 else:
                     failures = 0
             except Gone:
                 log.info("pod watch: resourceVersion %s expired; listing again", version)
                 version = None
-            except client.ApiException as exc:
+            except ApiError as exc:
                 if exc.status in (401, 403):
-                    denied_since = denied_since or time.monotonic()
-                    if time.monotonic() - denied_since >= (DENIED_AFTER_SUCCESS_S if served else DENIED_S):
+                    if denial.final(self._clock()):
                         self._publish(error=access_error(exc.status, "list" if version is None else "watch",
                                                          self.namespace))
-                        return
+                        break
                 else:
-                    denied_since = None
-                failures = self._backoff(failures, f"API error {exc.status} {exc.reason}")
-                if exc.status == 410:
-                    version = None
+                    denial.allowed()
+                failures = self._backoff(failures, str(exc))
             except Exception as exc:  # connection refused/reset, timeouts: the apiserver may be restarting
                 if self._closed.is_set():
                     break
                 failures = self._backoff(failures, f"{type(exc).__name__}: {exc}")
-        self._api_client.close()
+        self._api.close()
+
+    def follow(self, version: str) -> str:
+        """Apply one watch's events from ``version`` on until it ends; returns the last version seen."""
+        for kind, state, seen in self._api.watch(version):
+            if self._closed.is_set():
+                break
+            version = seen or version
+            if state is None:
+                continue
+            log.debug("pod watch: %s %s %s ip=%s", kind, state.name, state.describe(), state.ip or "-")
+            with self._changed:
+                pods = dict(self._pods)
+            if kind == "DELETED":
+                if pods.get(state.name, state).uid == state.uid:
+                    pods.pop(state.name, None)
+            else:
+                pods[state.name] = state
+            self._publish(pods)
+        return version
 
     def _backoff(self, failures: int, why: str) -> int:
         delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
         log.log(logging.WARNING if failures else logging.INFO, "pod watch interrupted (%s); retrying in %.1fs",
                 why.splitlines()[0][:200], delay)
-        self._closed.wait(delay)
+        self._pause(delay)
         return failures + 1
-
-    def _list(self, core: Any) -> str:
-        listed = core.list_namespaced_pod(self.namespace, label_selector=self.selector, _request_timeout=(5, 30))
-        self._publish({p.name: p for p in map(pod_state, listed.items)})
-        return str(listed.metadata.resource_version)
-
-    def _watch(self, core: Any, version: str) -> str:
-        """Apply events from ``version`` on until the watch ends; returns the last version seen."""
-        client, watch = kube("client"), kube("watch")
-        self._stream = watch.Watch()
-        stream = self._stream.stream(
-            core.list_namespaced_pod, self.namespace, label_selector=self.selector, resource_version=version,
-            allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS, _request_timeout=(5, WATCH_SECONDS + 10),
-        )
-        try:
-            for event in stream:
-                if self._closed.is_set():
-                    break
-                version = self._apply(event) or version
-        except client.ApiException as exc:
-            if exc.status == 410:
-                raise Gone() from None
-            raise
-        finally:
-            self._stream = None
-        return version
-
-    def _apply(self, event: dict[str, Any]) -> str | None:
-        kind = event.get("type")
-        if kind == "BOOKMARK":
-            raw = event.get("raw_object") or {}
-            return str(raw.get("metadata", {}).get("resourceVersion") or "") or None
-        obj = event.get("object")
-        if obj is None or not hasattr(obj, "metadata"):
-            return None
-        state = pod_state(obj)
-        log.debug("pod watch: %s %s %s ip=%s", kind, state.name, state.describe(), state.ip or "-")
-        with self._changed:
-            pods = dict(self._pods)
-        if kind == "DELETED":
-            if pods.get(state.name, state).uid == state.uid:
-                pods.pop(state.name, None)
-        else:
-            pods[state.name] = state
-        self._publish(pods)
-        return str(obj.metadata.resource_version or "") or None

@@ -34,6 +34,7 @@ import tritonclient.http as httpclient  # noqa: E402  (imported before any timin
 from launcher.config import LaunchConfig, parse_env_assignments  # noqa: E402
 from launcher.mpi import detect_mpi  # noqa: E402
 from launcher.plan import Member, build_plan  # noqa: E402
+from launcher.supervisor import hostfile_written  # noqa: E402
 from launcher.tritonbin import find_tritonserver  # noqa: E402
 from tests.integration.launch import (  # noqa: E402
     LocalLaunch,
@@ -114,17 +115,18 @@ def bare_round(ranks: int, tmp: Path, mpirun: str = "mpirun", extra: Sequence[st
                           mpirun=mpirun_path, extra_env=env_flags(extra))
     plan = build_plan(config, [Member("localhost", "127.0.0.1", 0)], flavor, triton=find_tritonserver(),
                       environ=env, launch_id="bare", is_root=os.geteuid() == 0, agent=None)
-    spawned = time.monotonic()
-    proc = subprocess.Popen(plan.argv, env={**env, **plan.env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        return wait_ready(ports.http, proc) - spawned
-    finally:
-        for p in processes_using(str(repo)):
-            p.kill()
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        wait_gone(str(repo))
+    with hostfile_written(plan):
+        spawned = time.monotonic()
+        proc = subprocess.Popen(plan.argv, env={**env, **plan.env}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            return wait_ready(ports.http, proc) - spawned
+        finally:
+            for p in processes_using(str(repo)):
+                p.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            wait_gone(str(repo))
 
 
 def rank_kill_round(ranks: int, tmp: Path, extra: Sequence[str] = ()) -> float:

@@ -9,28 +9,31 @@ nothing half-started behind.
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import logging
 import os
 import shutil
-import subprocess
+import socket
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .config import LaunchConfig
 from .discovery import wait_until_reachable
 from .errors import ExitCode, LauncherError, MissingExecutableError
 from .model_repository import check_engine, check_model_repository
 from .mpi import detect_mpi
-from .observability import HealthServer, LeaderPhase
+from .observability import LeaderPhase, reserve_port
 from .outcome import Outcome, finish
-from .preflight.check import PreflightResult, format_result, rank_program, run_preflight, summary_line
 from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, agent_env, build_plan
 from .signals import install_stop_handlers
-from .supervisor import LeaderMetrics, Supervisor, SupervisorOptions
+from .supervisor import Supervisor, SupervisorOptions
 from .tritonbin import find_tritonserver
+
+if TYPE_CHECKING:
+    from .observability import HealthServer, LeaderMetrics
+    from .preflight.check import PreflightResult
 
 log = logging.getLogger("launcher.leader")
 
@@ -46,16 +49,18 @@ class Rank0Readiness:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self._connection: http.client.HTTPConnection | None = None
+        self._connection: Any = None
 
     def __call__(self) -> bool:
+        import http.client  # first asked once mpirun runs: not on the way to starting it
+
         if self._connection is None:
             self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2.0)
         try:
             self._connection.request("GET", "/v2/health/ready")
             response = self._connection.getresponse()
             response.read()
-            return response.status == 200
+            return bool(response.status == 200)
         except (OSError, http.client.HTTPException):  # refused, reset, timed out: not ready yet
             self.close()
             return False
@@ -74,11 +79,30 @@ class Leader:
     environ: dict[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
     check_repository: bool = True
     group_changed: Callable[[], Outcome | None] | None = None  # how the group ended the launch, else None
+    # Serve health and metrics from the start, because discovery may wait (Kubernetes); with static
+    # hosts they are served right after mpirun starts, which spares their imports on the way to it.
+    health_first: bool = False
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
-        self.metrics = LeaderMetrics()
+        self.metrics: LeaderMetrics | None = None
         self.supervisor: Supervisor | None = None
+        self._health: HealthServer | None = None
+        self._health_socket: socket.socket | None = None
+
+    def serve_health(self) -> LeaderMetrics:
+        """The leader's metrics and its /healthz, /readyz, /metrics server, made on first call."""
+        if self.metrics is None:
+            from .observability import HealthServer, LeaderMetrics
+
+            self.metrics = LeaderMetrics()
+            port = self._health_socket or self.config.health_port
+            self._health = HealthServer(port, self.metrics.registry, self._live, self._ready).start()
+        return self.metrics
+
+    def _enter(self, phase: LeaderPhase) -> None:
+        if self.metrics is not None:
+            self.metrics.phases.enter(phase)
 
     def preflight_checks(self) -> tuple[str, MpiFlavor, TritonCommand]:
         """Everything checkable before starting anything."""
@@ -98,59 +122,40 @@ class Leader:
 
     def preflight(self, members: Sequence[Member], mpirun: str, flavor: MpiFlavor, triton: TritonCommand) -> None:
         """Run the fabric check through the same hosts, agent and environment; raise if it fails."""
-        result = self.check_fabric(members, mpirun, flavor, triton)
+        from .preflight.check import format_result, summary_line
+
+        metrics = self.serve_health()
+        result = check_fabric(self.config, members, mpirun, flavor, triton, self.environ, self.agent, self.stop)
         log.info(summary_line(result))
-        self.metrics.preflight_passed.set(1 if result.passed else 0)
+        metrics.preflight_passed.set(1 if result.passed else 0)
         for transport in result.sweeps:
             largest = result.largest(transport)
             if largest:
-                self.metrics.preflight_busbw.labels(transport).set(largest["busbw"])
+                metrics.preflight_busbw.labels(transport).set(largest["busbw"])
         if not result.passed:
             log.error("\n%s", format_result(result))
             raise LauncherError(summary_line(result) + "; fix the fabric or run without --preflight",
                                 ExitCode.PREFLIGHT_FAILED)
 
-    def check_fabric(self, members: Sequence[Member], mpirun: str, flavor: MpiFlavor,
-                     triton: TritonCommand) -> PreflightResult:
-        options = self.config.preflight
-        program = rank_program(sys.executable, options.deadline_s, options.max_bytes)
-        plan = self.plan(members, mpirun, flavor, triton, program=program)
-        log.info("preflight: %d ranks on %d pods, deadline %gs", len(plan.ranks), len(plan.hosts), options.deadline_s)
-        return run_preflight(plan, self.environ, options.deadline_s + 10.0, self.stop)
-
-    def plan(self, members: Sequence[Member], mpirun: str, flavor: MpiFlavor, triton: TritonCommand,
-             program: tuple[str, ...] | None = None) -> LaunchPlan:
-        config = dataclasses.replace(self.config, mpirun=mpirun)
-        return build_plan(
-            config,
-            members,
-            flavor,
-            triton=triton,
-            environ=self.environ,
-            launch_id=uuid.uuid4().hex[:16],
-            is_root=os.geteuid() == 0,
-            agent=self.agent,
-            program=program,
-        )
-
     def run(self) -> int:
         mpirun, flavor, triton = self.preflight_checks()
+        self._health_socket = reserve_port(self.config.health_port)  # a port in use fails before anything starts
         rank0_ready = Rank0Readiness(self.config.http_port)
         install_stop_handlers(self.stop)
-        health = HealthServer(self.config.health_port, self.metrics.registry, self._live, self._ready).start()
-        phases = self.metrics.phases
+        if self.health_first:
+            self.serve_health()
         try:
-            phases.enter(LeaderPhase.DISCOVERY)
+            self._enter(LeaderPhase.DISCOVERY)
             members = self.discover(self.stop)
             log.info("discovery: %d/%d pods found", len(members), self.config.pods)
-            phases.enter(LeaderPhase.READINESS)
+            self._enter(LeaderPhase.READINESS)
             if self.agent is not None and len(members) > 1:
                 wait_until_reachable(self.agent, members[1:], self.config.discovery_timeout_s, self.stop,
                                      {**self.environ, **agent_env(self.config)})
             if self.config.preflight.enabled:
-                phases.enter(LeaderPhase.PREFLIGHT)
+                self._enter(LeaderPhase.PREFLIGHT)
                 self.preflight(members, mpirun, flavor, triton)
-            plan = self.plan(members, mpirun, flavor, triton)
+            plan = launch_plan(self.config, members, mpirun, flavor, triton, self.environ, self.agent)
             options = SupervisorOptions(
                 startup_timeout_s=self.config.startup_timeout_s,
                 stop_grace_s=self.config.stop_grace_s,
@@ -158,22 +163,49 @@ class Leader:
                 group_settle_s=1.0 if self.group_changed is not None else 0.0,
             )
             self.supervisor = Supervisor(
-                plan, options, self.metrics, rank0_ready, self.stop, self.environ, self.group_changed
+                plan, options, self.serve_health, rank0_ready, self.stop, self.environ, self.group_changed
             )
             if self.stop.is_set():
                 raise LauncherError("stopped before launch", ExitCode.INTERRUPTED)
             return finish(self.supervisor.run())
         finally:
-            phases.enter(LeaderPhase.EXITED)
-            health.stop()
+            self._enter(LeaderPhase.EXITED)
+            if self._health is not None:
+                self._health.stop()
+            self._health_socket.close()
 
     def _live(self) -> tuple[bool, str]:
+        assert self.metrics is not None
         return True, self.metrics.phases.current.value
 
     def _ready(self) -> tuple[bool, str]:
+        assert self.metrics is not None
         supervisor = self.supervisor
         if supervisor is None or not supervisor.ready:
             return False, f"not ready: {self.metrics.phases.current.value}"
         if not supervisor.all_ranks_alive:
             return False, "not ready: a rank is gone"
         return True, "ready"
+
+
+def launch_plan(config: LaunchConfig, members: Sequence[Member], mpirun: str, flavor: MpiFlavor,
+                triton: TritonCommand, environ: Mapping[str, str], agent: str | None,
+                program: tuple[str, ...] | None = None) -> LaunchPlan:
+    """The plan of one launch (a fresh launch id) with the detected mpirun."""
+    return build_plan(
+        dataclasses.replace(config, mpirun=mpirun), members, flavor, triton=triton, environ=environ,
+        launch_id=uuid.uuid4().hex[:16], is_root=os.geteuid() == 0, agent=agent, program=program,
+    )
+
+
+def check_fabric(config: LaunchConfig, members: Sequence[Member], mpirun: str, flavor: MpiFlavor,
+                 triton: TritonCommand, environ: Mapping[str, str], agent: str | None,
+                 stop: threading.Event | None = None) -> PreflightResult:
+    """The fabric check (``launcher preflight``, ``--preflight``) through the launch's own plan."""
+    from .preflight.check import rank_program, run_preflight
+
+    options = config.preflight
+    program = rank_program(sys.executable, options.deadline_s, options.max_bytes)
+    plan = launch_plan(config, members, mpirun, flavor, triton, environ, agent, program=program)
+    log.info("preflight: %d ranks on %d pods, deadline %gs", len(plan.ranks), len(plan.hosts), options.deadline_s)
+    return run_preflight(plan, environ, options.deadline_s + 10.0, stop)

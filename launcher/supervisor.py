@@ -19,15 +19,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import psutil
-from prometheus_client import CollectorRegistry, Gauge
-
-from . import procs
-from .observability import PREFIX, LeaderPhase, PhaseTracker, build_info
+from .observability import LeaderPhase
 from .outcome import Ended, Outcome
 from .plan import LaunchPlan
+
+if TYPE_CHECKING:
+    import psutil
+
+    from .observability import LeaderMetrics
 
 log = logging.getLogger("launcher.supervisor")
 
@@ -41,33 +42,6 @@ class ReadinessProbe(Protocol):
     def __call__(self) -> bool: ...
 
     def close(self) -> None: ...
-
-
-class LeaderMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        build_info(self.registry, "leader")
-        self.phases = PhaseTracker(self.registry, LeaderPhase)
-        self.ranks_expected = Gauge(f"{PREFIX}_ranks_expected", "Ranks in the launch", registry=self.registry)
-        self.ranks_alive = Gauge(
-            f"{PREFIX}_ranks_alive", "Ranks alive (local ranks seen, remote ones while mpirun runs)",
-            registry=self.registry,
-        )
-        self.mpirun_exit_code = Gauge(
-            f"{PREFIX}_mpirun_exit_code", "mpirun's exit status (-1 while running or never started)",
-            registry=self.registry,
-        )
-        self.mpirun_exit_code.set(-1)
-        self.time_to_ready = Gauge(
-            f"{PREFIX}_time_to_ready_seconds", "Seconds from mpirun start to rank 0 ready", registry=self.registry
-        )
-        self.rank0_ready = Gauge(f"{PREFIX}_rank0_ready", "1 while Triton rank 0 is ready", registry=self.registry)
-        self.preflight_passed = Gauge(f"{PREFIX}_preflight_passed", "1 if the last preflight passed, 0 if it failed",
-                                      registry=self.registry)
-        self.preflight_busbw = Gauge(
-            f"{PREFIX}_preflight_busbw_bytes_per_second", "Preflight allreduce bus bandwidth at the largest size",
-            ["transport"], registry=self.registry,
-        )
 
 
 @dataclasses.dataclass
@@ -101,7 +75,7 @@ class Supervisor:
         self,
         plan: LaunchPlan,
         options: SupervisorOptions,
-        metrics: LeaderMetrics,
+        serve: Callable[[], LeaderMetrics],
         rank0_ready: ReadinessProbe,
         stop: threading.Event,
         environ: dict[str, str] | None = None,
@@ -109,7 +83,8 @@ class Supervisor:
     ) -> None:
         self.plan = plan
         self.options = options
-        self.metrics = metrics
+        self.serve = serve  # the leader's metrics (and health server), once mpirun runs
+        self._metrics: LeaderMetrics | None = None
         self.rank0_ready = rank0_ready
         self.stop = stop
         self.group_changed = group_changed or (lambda: None)
@@ -121,18 +96,24 @@ class Supervisor:
         self.time_to_ready_s: float | None = None
 
     def run(self) -> Outcome:
-        self.metrics.ranks_expected.set(len(self.plan.ranks))
-        self.metrics.phases.enter(LeaderPhase.LAUNCH)
         started = time.monotonic()
         with hostfile_written(self.plan):
             self.proc = subprocess.Popen(self.plan.argv, env=self.environ, start_new_session=True)
             log.info("mpirun started (pid %d) with %d ranks", self.proc.pid, len(self.plan.ranks))
             outcome = None
             try:
+                self._metrics = self.serve()
+                self.metrics.ranks_expected.set(len(self.plan.ranks))
+                self.metrics.phases.enter(LeaderPhase.LAUNCH)
                 outcome = self._monitor(self.proc, started)
                 return outcome
             finally:
                 self._shutdown(self.proc, graceful=outcome is not None and outcome.graceful)
+
+    @property
+    def metrics(self) -> LeaderMetrics:
+        assert self._metrics is not None, "metrics are served once mpirun runs"
+        return self._metrics
 
     def _monitor(self, proc: subprocess.Popen[bytes], started: float) -> Outcome:
         seen_local = 0
@@ -177,6 +158,8 @@ class Supervisor:
         self.metrics.rank0_ready.set(1 if ready else 0)
 
     def _local_ranks(self, proc: subprocess.Popen[bytes]) -> int:
+        import psutil
+
         try:
             children = psutil.Process(proc.pid).children(recursive=True)
         except psutil.Error:
@@ -214,6 +197,8 @@ class Supervisor:
         """SIGTERM to mpirun and, at the same moment, to the local ranks: Triton
         drains and exits by itself, and mpirun sees its ranks end and aborts
         the remote ones. SIGKILL whatever is left after the grace period."""
+        from . import procs
+
         grace = self.options.stop_grace_s
         begun = time.monotonic()
         if proc.poll() is None:
@@ -228,8 +213,11 @@ class Supervisor:
     def _shutdown(self, proc: subprocess.Popen[bytes], graceful: bool) -> None:
         """End every process of the launch: gracefully on request, at once after a failure
         (a broken world cannot finish its collectives, so waiting only delays the restart)."""
-        self.metrics.phases.enter(LeaderPhase.STOPPING)
-        self.metrics.rank0_ready.set(0)
+        from . import procs
+
+        if self._metrics is not None:
+            self.metrics.phases.enter(LeaderPhase.STOPPING)
+            self.metrics.rank0_ready.set(0)
         self.rank0_ready.close()
         begun = time.monotonic()
         launched = procs.launch_processes(self.launch_id)
@@ -241,8 +229,9 @@ class Supervisor:
             survivors = procs.terminate(launched, 0.0, polite=[])
         proc.wait()
         survivors += procs.sweep(lambda: procs.launch_processes(self.launch_id), grace_s=1.0)
-        self.metrics.mpirun_exit_code.set(proc.returncode)
-        self.metrics.ranks_alive.set(0)
+        if self._metrics is not None:
+            self.metrics.mpirun_exit_code.set(proc.returncode)
+            self.metrics.ranks_alive.set(0)
         if survivors:
             log.error("%d processes of this launch survived SIGKILL: %s", len(survivors),
                       ", ".join(str(p.pid) for p in survivors))

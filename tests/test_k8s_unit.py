@@ -18,7 +18,8 @@ from launcher.k8s.pods import PodState, change_of, members_if_complete, pod_stat
 from launcher.k8s.watch import access_error
 from launcher.plan import LaunchPlan, Member, MpiFlavor, Rank
 from launcher.outcome import Ended, Outcome, exit_code, finish
-from launcher.supervisor import LeaderMetrics, Supervisor, SupervisorOptions
+from launcher.observability import LeaderMetrics
+from launcher.supervisor import Supervisor, SupervisorOptions
 
 
 def v1pod(name: str, index: str | None, phase: str | None = "Running", ip: str | None = "10.0.0.1",
@@ -130,7 +131,8 @@ class NeverReady:
 
 def supervise(group_changed: object, argv: tuple[str, ...]) -> tuple[Outcome, float]:
     options = SupervisorOptions(startup_timeout_s=30, stop_grace_s=1, local_ranks=0, group_settle_s=1.0)
-    supervisor = Supervisor(plan_running(*argv), options, LeaderMetrics(), NeverReady(), threading.Event(),
+    metrics = LeaderMetrics()
+    supervisor = Supervisor(plan_running(*argv), options, lambda: metrics, NeverReady(), threading.Event(),
                             group_changed=group_changed)  # type: ignore[arg-type]
     begun = time.monotonic()
     return supervisor.run(), time.monotonic() - begun

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from launcher.observability import HealthServer, LeaderPhase
-from launcher.supervisor import LeaderMetrics
+from launcher.observability import LeaderMetrics
 from tests.conftest import http_get as get
 
 

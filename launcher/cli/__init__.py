@@ -6,33 +6,49 @@ distinct exit code (see ``launcher.errors.ExitCode``); never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
+from ..config import LaunchConfig
 from ..errors import ExitCode, LauncherError
 from ..pid1 import become_init_if_pid1
-from .dry_run import dry_run
-from .leader import leader, parse_leader_args
-from .local import local
-from .preflight import preflight
-from .worker import worker
 
 __all__ = ["cli", "main", "parse_leader_args"]
 
+# Each command's module is imported only when that command runs: a launch starts sooner without the
+# other commands' imports (a worker needs no mpirun plan, a local run no Kubernetes client).
+COMMANDS = {"leader": "leader:leader", "worker": "worker:worker", "local": "local:local",
+            "dry-run": "dry_run:dry_run", "preflight": "preflight:preflight"}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, _, attribute = COMMANDS[name].partition(":")
+        command: Any = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="lws-triton-launcher")
 def cli() -> None:
     """Serve one model with Triton across the pods of a LeaderWorkerSet group."""
 
 
-cli.add_command(leader)
-cli.add_command(worker)
-cli.add_command(local)
-cli.add_command(dry_run)
-cli.add_command(preflight)
+def parse_leader_args(argv: Sequence[str]) -> LaunchConfig:
+    """The config ``launcher leader ARGV`` would run with (used to check the chart's args)."""
+    from .leader import parse_leader_args as parse
+
+    return parse(argv)
 
 
 def main(argv: Sequence[str] | None = None, prog_name: str = "launcher") -> int:

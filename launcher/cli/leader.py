@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,9 +11,11 @@ from .. import logs
 from ..config import LaunchConfig
 from ..discovery import parse_hosts
 from ..errors import ConfigError
-from ..k8s import KubernetesGroup, resolve_namespace
 from ..leader import Leader
 from .options import GROUP, HEALTH, LOGGING, PARALLELISM, TRITON, apply, build_config
+
+if TYPE_CHECKING:
+    from ..k8s import KubernetesGroup
 
 HOSTS = click.option(
     "--hosts", envvar="LAUNCHER_HOSTS", show_envvar=True, default=None, metavar="POD[=ADDR],...",
@@ -35,12 +37,14 @@ def leader(**params: Any) -> int:
     group = kubernetes_group(config)
     try:
         agent = config.rsh_agent if config.pods > 1 else None
-        return Leader(config, group, agent, group_changed=group.changed).run()
+        return Leader(config, group, agent, group_changed=group.changed, health_first=True).run()
     finally:
         group.close()
 
 
 def kubernetes_group(config: LaunchConfig) -> KubernetesGroup:
+    from ..k8s import KubernetesGroup, resolve_namespace
+
     if not config.group_key:
         raise ConfigError(
             "--group-key is not set: Kubernetes discovery needs this pod's LWS group key (LAUNCHER_GROUP_KEY, "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -12,9 +12,9 @@ import click
 from .. import logs
 from ..errors import ConfigError, ExitCode
 from ..discovery import parse_hosts
-from ..leader import Leader
+from ..leader import check_fabric
 from ..mpi import detect_mpi
-from ..plan import Member, TritonCommand
+from ..plan import TritonCommand
 from ..preflight.check import format_result
 from ..signals import install_stop_handlers
 from .leader import HOSTS
@@ -32,13 +32,11 @@ def preflight(**params: Any) -> int:
     if not params.get("hosts"):
         raise ConfigError("--hosts is not set; pass the group's pods with --hosts pod0,pod1,... (LAUNCHER_HOSTS)")
     members = parse_hosts(params["hosts"], config)
-
-    def discover(_stop: threading.Event) -> Sequence[Member]:
-        return members
-
-    leader = Leader(config, discover, config.rsh_agent if len(members) > 1 else None, check_repository=False)
-    mpirun, flavor = detect_mpi(config.mpirun, leader.environ)
-    install_stop_handlers(leader.stop)
-    result = leader.check_fabric(members, mpirun, flavor, TritonCommand(config.tritonserver))
+    environ = dict(os.environ)
+    mpirun, flavor = detect_mpi(config.mpirun, environ)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    result = check_fabric(config, members, mpirun, flavor, TritonCommand(config.tritonserver), environ,
+                          config.rsh_agent if len(members) > 1 else None, stop)
     click.echo(json.dumps(result.to_dict(), indent=2) if params["output"] == "json" else format_result(result))
     return ExitCode.OK if result.passed else ExitCode.PREFLIGHT_FAILED

@@ -36,7 +36,7 @@ RELEASE_SCOPE = ('namespace="$namespace"', 'app_kubernetes_io_instance="$release
 @lru_cache(maxsize=None)
 def launcher_metric_names() -> frozenset[str]:
     """Every sample name the real leader and worker registries export."""
-    from launcher.supervisor import LeaderMetrics
+    from launcher.observability import LeaderMetrics
     from launcher.worker import WorkerAgent
 
     names = set()

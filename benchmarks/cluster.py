@@ -38,8 +38,7 @@ sys.path.insert(0, str(REPO))
 from kubernetes import client, watch  # noqa: E402
 
 from cluster.controlplane import SYSTEM_PATH, Cluster  # noqa: E402
-from tests.cluster.lws import (NAME, apply_lws, grant_launcher_role, group_key, lws, pods_of,  # noqa: E402
-                                running_group, wait_for)
+from tests.cluster.lws import NAME, apply_lws, grant_launcher_role, group_key, lws, pods_of, running_group, wait_for  # noqa: E402
 from tests.integration.launch import private_repo, wait_ready  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -160,7 +159,8 @@ def one_round(cluster: Cluster, size: int, agent: str, tmp: Path, serve_and_dele
         figures["poll_s"] = clock.polled - clock.watched
         if serve_and_delete:
             wait_ready(8000, proc, timeout_s=120, host=leader.status.pod_ip)
-            worker = next(p.metadata.name for p in pods_of(cluster.api, ns, "b") if p.metadata.name != leader.metadata.name)
+            worker = next(p.metadata.name for p in pods_of(cluster.api, ns, "b")
+                          if p.metadata.name != leader.metadata.name)
             begun = time.monotonic()
             core.delete_namespaced_pod(worker, ns)
             code = proc.wait(timeout=30)

@@ -143,7 +143,8 @@ def rank_kill_round(ranks: int, tmp: Path, extra: Sequence[str] = ()) -> float:
         kill_leftovers(launch)
 
 
-def alternate(ranks: int, rounds: int, mpirun: str, extra: Sequence[str]) -> tuple[list[float], list[float], list[float]]:
+def alternate(ranks: int, rounds: int, mpirun: str,
+              extra: Sequence[str]) -> tuple[list[float], list[float], list[float]]:
     """(launcher start->ready, bare start->ready, SIGTERM->gone), launcher first on even rounds."""
     launcher_ready, bare_ready, stop = [], [], []
     for i in range(rounds):

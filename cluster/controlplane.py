@@ -25,12 +25,13 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
-from concurrent.futures import ThreadPoolExecutor
 
 from .sandbox import Network, Sandbox, pdeathsig
 
@@ -333,7 +334,8 @@ class Cluster:
             if f.name == "pod-ready.yaml":
                 # a pod's IP is its node's (sandbox) address, and it turns Running only after
                 # the sandbox has the pod's hostname (see _sandbox_setup)
-                old = ("{{ $podIPs := PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid \"\" )"
+                old = ("{{ $podIPs := PodIPsWith .spec.nodeName ( or .spec.hostNetwork false )"
+                       " ( or .metadata.uid \"\" )"
                        " ( or .metadata.name \"\" ) ( or .metadata.namespace \"\" ) }}")
                 if old not in text:
                     raise RuntimeError(f"{f}: kwok's pod-ready stage changed; update the pod IP patch")

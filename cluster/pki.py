@@ -52,7 +52,8 @@ class CA:
         """Write ``<name>.crt``/``<name>.key``; ``hosts`` are IPs or DNS names for the SAN."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
-        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+        usages = (([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
+                  + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else []))
         b = (
             x509.CertificateBuilder().subject_name(_name(cn, orgs)).issuer_name(self._cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())

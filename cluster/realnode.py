@@ -26,7 +26,6 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ CNI_BIN = BIN / "cni"
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 PREFIX = "lr"  # node ids: lr<owner pid>n<k>, the name of the node's bridge, cgroup root and directory
 CGROUP = Path("/sys/fs/cgroup")
-POD_NETWORKS = [ipaddress.ip_network(f"10.214.{k}.0/24") for k in range(256)]
+POD_NETWORKS = [ipaddress.IPv4Network(f"10.214.{k}.0/24") for k in range(256)]
 CLUSTER_CIDR = "10.214.0.0/16"
 NODE_LABEL = ("lws-test/node", "real")
 TAINT = {"key": "lws-test/real-node", "value": "true", "effect": "NoSchedule"}
@@ -132,7 +131,7 @@ class RealNodes:
             if node.kubelet is not None:
                 node.kubelet.stop(timeout=5)
         for node in self.nodes:
-            _kill(lambda: cgroup_pids(node.cgroup_root) + _shims_under(f"/{node.id}/"))
+            _kill_node(node.id)
             if node.containerd is not None:
                 node.containerd.stop(timeout=5)
             _unmount_under(f"/{node.id}/")
@@ -372,10 +371,10 @@ def _shims_under(marker: str) -> list[int]:
     return found
 
 
-def _kill(pids: Callable[[], list[int]]) -> None:
-    """SIGKILL what ``pids()`` names until it names nothing (a few rounds: a dying shim may start no more)."""
+def _kill_node(node_id: str) -> None:
+    """SIGKILL every process in the node's cgroups, and its shims, until none is left (a few rounds)."""
     for _ in range(5):
-        found = pids()
+        found = cgroup_pids(f"/{node_id}") + _shims_under(f"/{node_id}/")
         if not found:
             return
         for pid in found:
@@ -402,7 +401,7 @@ def remove_stale() -> None:
     if not stale:
         return
     for node_id in stale:
-        _kill(lambda: cgroup_pids(f"/{node_id}") + _shims_under(f"/{node_id}/"))
+        _kill_node(node_id)
         _unmount_under(f"/{node_id}/")
         _remove_cgroup(f"/{node_id}")
         subprocess.run(["ip", "link", "del", node_id], capture_output=True)

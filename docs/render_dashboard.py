@@ -37,7 +37,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "docs" / "grafana-dashboard.json"
@@ -156,7 +156,7 @@ class Binary:
     rhs: Node
 
 
-Node = Union[Selector, Number, Call, Aggregate, Binary]
+Node = Selector | Number | Call | Aggregate | Binary
 AGGREGATIONS = {"sum", "avg", "max", "min", "count"}
 FUNCTIONS = {"rate", "increase", "clamp_min"}
 COMPARISONS = ("==", "!=", ">=", "<=", ">", "<")
@@ -314,7 +314,7 @@ def without_name(labels: Labels) -> Labels:
 def counter_increase(points: Points) -> float:
     """Increase across ``points``; a drop is a counter reset (counting restarts from zero)."""
     total = 0.0
-    for (_, before), (_, after) in zip(points, points[1:]):
+    for (_, before), (_, after) in zip(points, points[1:], strict=False):
         total += after - before if after >= before else after
     return total
 

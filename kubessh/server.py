@@ -73,8 +73,8 @@ def from_kubeconfig() -> ApiServer:
 
     settings = Configuration()
     try:
-        config.load_kube_config(client_configuration=settings, persist_config=False)  # type: ignore[no-untyped-call]
-        _, context = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+        config.load_kube_config(client_configuration=settings, persist_config=False)
+        _, context = config.list_kube_config_contexts()
     except (ConfigException, OSError) as exc:
         raise KubesshError(f"no service account in this pod and no usable kubeconfig: {exc}", Exit.USAGE) from exc
     token = settings.get_api_key_with_prefix("authorization")

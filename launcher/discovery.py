@@ -128,7 +128,7 @@ def wait_until_reachable(
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(parallel, len(workers)))) as pool:
         while pending:
             attempt_timeout = max(1.0, min(10.0, deadline - time.monotonic()))
-            results = pool.map(lambda pod: (pod, probe(pod, attempt_timeout)), list(pending))
+            results = pool.map(lambda pod, timeout=attempt_timeout: (pod, probe(pod, timeout)), list(pending))
             for pod, (ok, why) in results:
                 if ok:
                     del pending[pod]

@@ -84,7 +84,8 @@ def check_engine(config: LaunchConfig) -> tuple[int, int] | None:
     try:
         tp, pp = engine_parallelism(json.loads(engine_json.read_text()))
     except (ValueError, KeyError, TypeError) as exc:
-        raise ModelRepositoryError(f"{engine_json}: not a TensorRT-LLM engine config ({exc}); rebuild the engine")
+        raise ModelRepositoryError(
+            f"{engine_json}: not a TensorRT-LLM engine config ({exc}); rebuild the engine") from None
     if (tp, pp) != (config.tp, config.pp):
         raise EngineMismatchError(
             f"{engine_json}: the engine was built for tp={tp} pp={pp} (world {tp * pp}) but the launch "

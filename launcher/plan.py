@@ -305,7 +305,7 @@ def format_plan(plan: LaunchPlan, config: LaunchConfig) -> str:
         rows.append((str(r.rank), r.pod, str(r.local_rank), role))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3] for row in rows
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3] for row in rows
     ]
     lines += ["", f"Open MPI {plan.flavor}; hostfile {plan.hostfile}:", plan.hostfile_text.rstrip(), ""]
     lines += [f"{k}={shlex.quote(v)}" for k, v in sorted(plan.env.items())]

@@ -145,9 +145,9 @@ class Supervisor:
                 self._probe(now - started)
                 next_probe = now + (self.options.serving_interval_s if self.ready else self.options.probe_interval_s)
             if not self.ready and now - started > self.options.startup_timeout_s:
-                return Outcome(Ended.STARTUP_TIMEOUT, f"rank 0 was not ready after {self.options.startup_timeout_s:.0f}s; "
-                                                      "raise --startup-timeout for large engines or read the ranks' "
-                                                      "logs above")
+                return Outcome(Ended.STARTUP_TIMEOUT,
+                               f"rank 0 was not ready after {self.options.startup_timeout_s:.0f}s; raise "
+                               "--startup-timeout for large engines or read the ranks' logs above")
             self.stop.wait(self.options.probe_interval_s)
 
     def _probe(self, elapsed: float) -> None:

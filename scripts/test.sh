@@ -31,5 +31,6 @@ bash cluster/build.sh
 # variant), rebuilt only when what goes into them changed.
 if [ "$(id -u)" = 0 ]; then bash cluster/image.sh; fi
 
+.venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/pytest -q "$@"

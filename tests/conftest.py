@@ -3,9 +3,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import urllib.error
 import urllib.request
-import sys
 from pathlib import Path
 
 import pytest

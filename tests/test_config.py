@@ -69,7 +69,8 @@ def test_bad_input_is_one_clear_line(
     assert "Traceback" not in err
 
 
-def test_leader_rejects_missing_model_repository(clean_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_leader_rejects_missing_model_repository(clean_env: None, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["leader", "--hosts", "a", "--model-repo", str(tmp_path / "nope")])
     err = capsys.readouterr().err
     assert code == ExitCode.MODEL_REPOSITORY
@@ -95,7 +96,8 @@ def test_ranges_of_worker_and_local_are_one_line(argv: list[str], words: list[st
     assert len(err.strip().splitlines()) == 1 and all(word in err for word in words), err
 
 
-def test_leader_rejects_model_without_config(clean_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_leader_rejects_model_without_config(clean_env: None, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "m" / "1").mkdir(parents=True)
     code = main(["leader", "--hosts", "a", "--model-repo", str(tmp_path), "--model", "m"])
     assert code == ExitCode.MODEL_REPOSITORY

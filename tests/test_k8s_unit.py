@@ -16,9 +16,9 @@ from launcher.errors import ConfigError, ExitCode, LauncherError
 from launcher.k8s import GROUP_KEY_LABEL, WORKER_INDEX_LABEL, KubernetesGroup, resolve_namespace
 from launcher.k8s.pods import PodState, change_of, members_if_complete, pod_state, running_count
 from launcher.k8s.watch import access_error
-from launcher.plan import LaunchPlan, Member, MpiFlavor, Rank
-from launcher.outcome import Ended, Outcome, exit_code, finish
 from launcher.observability import LeaderMetrics
+from launcher.outcome import Ended, Outcome, exit_code, finish
+from launcher.plan import LaunchPlan, Member, MpiFlavor, Rank
 from launcher.supervisor import Supervisor, SupervisorOptions
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from launcher.observability import HealthServer, LeaderPhase
-from launcher.observability import LeaderMetrics
+from launcher.observability import HealthServer, LeaderMetrics, LeaderPhase
 from tests.conftest import http_get as get
 
 

@@ -158,7 +158,8 @@ def test_a_denial_before_any_answer_is_final_within_two_seconds() -> None:
 def test_a_denial_after_an_answer_is_waited_out_up_to_fifteen_seconds() -> None:
     """An API server that has just restarted denies everyone until its caches are filled."""
     recover = [("watch", forbidden()) for _ in range(8)]  # about 10 s of backoff: within the grace
-    api = FakeApi(("list", ({"a": pod("a")}, "5")), ("watch", [LONG]), *recover, ("watch", [("ADDED", pod("b"), "6"), LONG]))
+    api = FakeApi(("list", ({"a": pod("a")}, "5")), ("watch", [LONG]), *recover,
+                  ("watch", [("ADDED", pod("b"), "6"), LONG]))
     watch = run(api)
     assert sorted(watch.snapshot()[1]) == ["a", "b"]
 

@@ -83,7 +83,8 @@ def test_pods_reach_each_other_by_name_and_the_host_reaches_them(net: PodNetwork
 
     with socket.create_server((net.host_address, 0)) as host_server:
         port = host_server.getsockname()[1]
-        client_in_pod = net.pods["pod0"].run([PYTHON, "-c", f"import socket; socket.create_connection(('{net.host_address}', {port}), 5).sendall(b'hi')"])  # fmt: skip
+        connect = f"import socket; socket.create_connection(('{net.host_address}', {port}), 5).sendall(b'hi')"
+        client_in_pod = net.pods["pod0"].run([PYTHON, "-c", connect])
         host_server.settimeout(5)
         conn, (peer, _) = host_server.accept()
         assert (conn.recv(99), peer) == (b"hi", net.pods["pod0"].address)
@@ -130,7 +131,7 @@ def test_exit_removes_pods_links_and_orphans_even_after_a_failure() -> None:
         pods = [network.add_pod("pod0"), network.add_pod("pod1")]
         for pod in pods:  # orphans in a new session, as daemonized MPI daemons are
             run_in(pod, ["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 < /dev/null &"], check=True)
-            assert wait_until(lambda: [p.cmdline() for p in pod.processes()] == [["sleep", "300"]])
+            assert wait_until(lambda p=pod: [q.cmdline() for q in p.processes()] == [["sleep", "300"]])
         raise RuntimeError("test failure")
     _assert_nothing_left(network, pods)
 

@@ -291,7 +291,8 @@ def print_summary(results: dict[str, Any]) -> None:
             continue
         print(f"ranks={s['ranks']}: ready launcher {statistics.median(s['launcher_ready_s']):.2f}s bare "
               f"{statistics.median(s['bare_ready_s']):.2f}s ratio {s['ratio']:.3f}; answer_ok={s['answer_ok']}; "
-              f"p50 {s['latency']['p50_ms']:.2f}ms p99 {s['latency']['p99_ms']:.2f}ms; {s['throughput_rps']:.0f} req/s; "
+              f"p50 {s['latency']['p50_ms']:.2f}ms p99 {s['latency']['p99_ms']:.2f}ms; "
+              f"{s['throughput_rps']:.0f} req/s; "
               f"SIGTERM gone {s['sigterm_ranks_gone_s']:.2f}s GPUs free {s['sigterm_gpus_free_s']:.2f}s "
               f"left {s['gpu_processes_left']}; gpus {s['gpus']}")
     for p in results.get("preflight", []) if isinstance(results.get("preflight"), list) else []:

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 SIZES = [2**k for k in (12, 16, 20, 24, 27, 28)]
 
 
-def worker(rank: int, world: int, port: int, sizes: list[int], iterations: int, queue: "mp.Queue[object]") -> None:
+def worker(rank: int, world: int, port: int, sizes: list[int], iterations: int, queue: mp.Queue[object]) -> None:
     device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,

@@ -22,8 +22,9 @@ MAX_LOCAL_RANKS = 256  # more GPUs than one machine has; each rank is a whole tr
 
 
 @click.command()
-@click.option("--ranks", "-n", envvar="LAUNCHER_RANKS", show_envvar=True, type=Ranged(1, MAX_LOCAL_RANKS, "the rank count"),
-              default=2, show_default=True, help="tritonserver ranks to start on this machine.")
+@click.option("--ranks", "-n", envvar="LAUNCHER_RANKS", show_envvar=True,
+              type=Ranged(1, MAX_LOCAL_RANKS, "the rank count"), default=2, show_default=True,
+              help="tritonserver ranks to start on this machine.")
 @apply(TRITON, HEALTH, LOGGING)
 def local(**params: Any) -> int:
     """Run the whole leader path on this machine (no Kubernetes, no agent)."""

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from .. import logs
-from ..errors import ConfigError, ExitCode
 from ..discovery import parse_hosts
+from ..errors import ConfigError, ExitCode
 from ..leader import check_fabric
 from ..mpi import detect_mpi
 from ..plan import TritonCommand

@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from .. import logs
-from ..signals import install_stop_handlers
 from ..observability import HealthServer
+from ..signals import install_stop_handlers
 from ..worker import WorkerAgent
 from .options import GROUP, HEALTH, LOGGING, PARALLELISM, TRITON, apply
 

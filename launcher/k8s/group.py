@@ -92,7 +92,8 @@ class KubernetesGroup:
         reason = self._change(pods)
         if reason is None:
             return None
-        return Outcome(Ended.GROUP_CHANGED, f"{reason}: stopping the launch so that LeaderWorkerSet recreates the group")
+        return Outcome(Ended.GROUP_CHANGED,
+                       f"{reason}: stopping the launch so that LeaderWorkerSet recreates the group")
 
     def _change(self, pods: dict[str, PodState]) -> str | None:
         for baseline in self._baseline:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import logging
+import re
 import subprocess
 import threading
 import time
@@ -122,7 +122,8 @@ def judge(reports: list[RankReport], mpirun_output: list[str] | None = None) -> 
         seen: dict[str, int] = {}
         for r in members:
             if r.gpu_uuid in seen:
-                problems.append(f"rank {r.rank} (pod {pod}): shares GPU {r.gpu} ({r.gpu_uuid}) with rank {seen[r.gpu_uuid]}")
+                problems.append(f"rank {r.rank} (pod {pod}): shares GPU {r.gpu} ({r.gpu_uuid}) "
+                                f"with rank {seen[r.gpu_uuid]}")
             seen.setdefault(r.gpu_uuid or "", r.rank)
     return problems
 
@@ -212,7 +213,7 @@ def format_result(result: PreflightResult) -> str:
         gpu = "-" if r.gpu is None else f"{r.gpu}/{r.gpus}"
         rows.append((str(r.rank), r.pod, r.host, str(r.local_rank), gpu, r.stage, r.problem or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     for transport, results in result.sweeps.items():
         lines.append("")
         lines.append(f"{transport} allreduce: {'SIZE':>12}  {'TIME':>10}  {'ALGBW':>12}  {'BUSBW':>12}")

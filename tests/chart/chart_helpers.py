@@ -11,10 +11,11 @@ import copy
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -106,7 +107,7 @@ class Helm:
         return result.stderr
 
 
-@lru_cache(maxsize=None)
+@cache
 def _render(
     helm: Helm,
     release: str,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from chart_helpers import INSTALL_HINT, Helm, find_tool, helm_or_skip
 
 

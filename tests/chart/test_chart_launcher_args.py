@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import click
 import pytest
-
 from chart_helpers import ALL_OPTIONS, CI_VALUES, TUTORIAL, Helm, ci_values_id, container, one, pod_templates
 
 # What the downward API and LWS put into the leader's environment at run time.
@@ -156,5 +157,5 @@ def test_rendered_worker_args_parse(helm: Helm, values_file: Path) -> None:
     with worker.make_context("worker", list(args[1:])) as ctx:
         assert ctx.params["health_port"] == int(args[1].split("=")[1])
         assert ctx.params["log_format"] in ("text", "json")
-    with pytest.raises(Exception):
+    with pytest.raises(click.NoSuchOption):
         worker.make_context("worker", [*args[1:], "--no-such-flag"])

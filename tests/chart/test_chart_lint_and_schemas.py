@@ -7,23 +7,22 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
 from chart_helpers import (
     CI_VALUES,
     CRDS,
+    INSTALL_HINT,
     REPO,
     TUTORIAL,
-    INSTALL_HINT,
     Helm,
-    helm_or_skip,
     by_kind,
     ci_values_id,
+    helm_or_skip,
     merged_values,
     one,
     pod_templates,
@@ -152,7 +151,7 @@ def crd_errors(doc: dict[str, Any]) -> list[str]:
             for error in validator.iter_errors(doc)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_schema(kind: str, group: str, version: str) -> dict[str, Any]:
     path = CRDS / CUSTOM_KINDS[kind]
     if not path.is_file():

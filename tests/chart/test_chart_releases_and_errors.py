@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from chart_helpers import (
     TUTORIAL,
     Helm,
@@ -38,7 +37,7 @@ def test_names_and_selectors_carry_the_release(helm: Helm) -> None:
     for template in pod_templates(one(docs, "LeaderWorkerSet")).values():
         assert template["metadata"]["labels"]["app.kubernetes.io/instance"] == "alpha"
     names = [doc["metadata"]["name"] for doc in docs]
-    assert len(set(zip((d["kind"] for d in docs), names))) == len(docs)
+    assert len({(d["kind"], name) for d, name in zip(docs, names, strict=True)}) == len(docs)
 
 
 def test_service_is_not_named_like_the_lws_headless_service(helm: Helm) -> None:

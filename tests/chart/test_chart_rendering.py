@@ -4,7 +4,6 @@ resources, scheduling, Service, HPA, monitoring and RBAC."""
 from __future__ import annotations
 
 import pytest
-
 from chart_helpers import (
     ALL_OPTIONS,
     TUTORIAL,

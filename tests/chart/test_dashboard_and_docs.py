@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
-
 from chart_helpers import REPO, Helm, one
 
 DASHBOARD = REPO / "docs" / "grafana-dashboard.json"
@@ -33,7 +32,7 @@ TRITON_METRICS = {
 RELEASE_SCOPE = ('namespace="$namespace"', 'app_kubernetes_io_instance="$release"')
 
 
-@lru_cache(maxsize=None)
+@cache
 def launcher_metric_names() -> frozenset[str]:
     """Every sample name the real leader and worker registries export."""
     from launcher.observability import LeaderMetrics

@@ -9,7 +9,6 @@ import sys
 from types import ModuleType
 
 import pytest
-
 from chart_helpers import REPO
 
 SCOPE = {"namespace": "ns", "pod": "p0", "app_kubernetes_io_instance": "rel", "app_kubernetes_io_component": "leader"}

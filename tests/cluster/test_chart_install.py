@@ -14,7 +14,9 @@ import pytest
 from kubernetes import client
 
 from tests.chart.chart_helpers import INSTALL_HINT, find_tool
-from tests.chart.chart_helpers import LWS_GROUP_KEY as GROUP_KEY, LWS_NAME as NAME, LWS_WORKER_INDEX as WORKER_INDEX
+from tests.chart.chart_helpers import LWS_GROUP_KEY as GROUP_KEY
+from tests.chart.chart_helpers import LWS_NAME as NAME
+from tests.chart.chart_helpers import LWS_WORKER_INDEX as WORKER_INDEX
 from tests.cluster.helm import CLAIM, INSTANCE, Release, describe, provide_claim, running
 from tests.cluster.lws import wait_for
 from tests.conftest import http_get
@@ -151,7 +153,7 @@ def test_two_releases_select_only_their_own_leader_pods(cluster: Any, helm_in: R
     for release in ("alpha", "beta"):
         helm_in.install(release, VALUES)
     for release in ("alpha", "beta"):
-        wait_for(f"{release}'s group", lambda: running(core, ns, release, 2), lambda: describe(core, ns))
+        wait_for(f"{release}'s group", lambda r=release: running(core, ns, r, 2), lambda: describe(core, ns))
 
     for release in ("alpha", "beta"):
         service = core.read_namespaced_service(f"{release}-lws-triton-api", ns)

@@ -187,7 +187,8 @@ def test_worker_pod_deleted_ends_the_leader_with_group_changed(cluster: Any, nam
     log = launch.output()
     assert code == ExitCode.GROUP_CHANGED, log
     # which of these the watch shows first depends on how fast the deletion and LWS's replacement land
-    assert any(f"pod {worker} (worker 1) {what}" in log for what in ("is terminating", "was deleted", "was replaced")), log
+    assert any(f"pod {worker} (worker 1) {what}" in log
+               for what in ("is terminating", "was deleted", "was replaced")), log
     assert took <= GROUP_CHANGED_TARGET_S, f"leader exited {took:.2f}s after the delete\n{log}"
     # LWS recreates the whole group (the leader pod too), whose new leader process serves again
     old = {p.metadata.uid for p in launch.pods}

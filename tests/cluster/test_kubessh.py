@@ -19,9 +19,18 @@ import psutil
 import pytest
 from kubernetes import client
 
-from tests.cluster.kubessh_helpers import (GROUP_KEY, MINIMAL_RULES, create_service_account,
-                                           detached_from_the_stream, kubessh_under, lws, run_in_pod, running_group,
-                                           set_rules, stdio)
+from tests.cluster.kubessh_helpers import (
+    GROUP_KEY,
+    MINIMAL_RULES,
+    create_service_account,
+    detached_from_the_stream,
+    kubessh_under,
+    lws,
+    run_in_pod,
+    running_group,
+    set_rules,
+    stdio,
+)
 
 pytestmark = pytest.mark.cluster
 

@@ -95,7 +95,8 @@ def test_each_pod_has_its_own_sandbox_address_and_exec_runs_there(cluster: Any, 
 
 
 def test_exec_reports_failure(cluster: Any, namespace: str, group: list[client.V1Pod]) -> None:
-    rc, out, err = pod_exec(cluster.api, namespace, group[1].metadata.name, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    rc, out, err = pod_exec(cluster.api, namespace, group[1].metadata.name,
+                            ["sh", "-c", "echo out; echo err >&2; exit 3"])
     assert (rc, out, err.splitlines()[0]) == (1, "out\n", "err")
     assert "exit status 3" in err
 
@@ -172,6 +173,7 @@ def test_pod_process_authenticates_as_its_service_account_under_rbac(cluster: An
     rbac.create_namespaced_role(namespace, {"metadata": {"name": "pods"}, "rules": [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]})
     rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "pods"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pods"},
+        "metadata": {"name": "pods"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pods"},
         "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}]})
     assert list_pods_from_leader() == "2"

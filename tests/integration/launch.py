@@ -141,7 +141,8 @@ def start_local(tmp: Path, ranks: int, *extra: str, env: dict[str, str] | None =
     ports = Ports.free()
     repo = private_repo(tmp)
     log = tmp / "launcher.log"
-    argv = [*(prefix or []), sys.executable, "-m", "launcher", "local", f"--ranks={ranks}", f"--model-repo={repo}", "--model=toy_tp",
+    argv = [*(prefix or []), sys.executable, "-m", "launcher", "local", f"--ranks={ranks}", f"--model-repo={repo}",
+            "--model=toy_tp",
             *ports.flags(), "--stop-grace-period=5", *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env or launch_env())

@@ -41,7 +41,8 @@ def test_failing_rank_is_named() -> None:
     done, _ = preflight("--hosts=localhost", "--tp=3", "--gpus-per-pod=3", "--env=LAUNCHER_PREFLIGHT_FAIL_RANK=2")
     assert done.returncode == 80
     report = json.loads(done.stdout)
-    assert "rank 2 (pod localhost): failed in start: failing on purpose (LAUNCHER_PREFLIGHT_FAIL_RANK)" in report["problems"]
+    failed = "rank 2 (pod localhost): failed in start: failing on purpose (LAUNCHER_PREFLIGHT_FAIL_RANK)"
+    assert failed in report["problems"]
 
 
 def test_local_with_failed_preflight_never_starts_triton(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Kubernetes discovery and group-supervision figures on the real test control plane (as root).
 
-    CLUSTER_NODES=8 python benchmarks/cluster.py [--rounds 5] [--sizes 2 4 8] [--agent kubessh|pod-rsh]
+    CLUSTER_NODES=8 python -m benchmarks.cluster [--rounds 5] [--sizes 2 4 8] [--agent kubessh|pod-rsh]
         [--round-trips 30]
 
 Per group size, each round: an LWS whose workers wait for a node label; `launcher leader` runs as the
@@ -32,15 +32,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubernetes import client, watch
+
+from cluster.controlplane import SYSTEM_PATH, Cluster
+from tests.cluster.lws import NAME, apply_lws, grant_launcher_role, group_key, lws, pods_of, running_group, wait_for
+from tests.integration.launch import private_repo, wait_ready
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from kubernetes import client, watch  # noqa: E402
-
-from cluster.controlplane import SYSTEM_PATH, Cluster  # noqa: E402
-from tests.cluster.lws import NAME, apply_lws, grant_launcher_role, group_key, lws, pods_of, running_group, wait_for  # noqa: E402
-from tests.integration.launch import private_repo, wait_ready  # noqa: E402
-
 VENV_BIN = Path(sys.executable).parent
 POD_RSH = REPO / "tests" / "agents" / "pod-rsh"
 LABEL = "launcher-bench"

@@ -1,6 +1,6 @@
 """Launch benchmarks: `launcher local` against bare mpirun of the same ranks.
 
-    python benchmarks/launch.py [--rounds 5] [--ranks 2 4] [--mpirun PATH] [-- extra launcher flags]
+    python -m benchmarks.launch [--rounds 5] [--ranks 2 4] [--mpirun PATH] [-- extra launcher flags]
 
 Prints, per rank count, alternating in one run:
 - start -> rank 0 ready: `launcher local` versus bare `mpirun` of the very
@@ -26,17 +26,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import tritonclient.http as httpclient  # imported before any timing starts
 
-import tritonclient.http as httpclient  # noqa: E402  (imported before any timing starts)
-
-from launcher.config import LaunchConfig, parse_env_assignments  # noqa: E402
-from launcher.mpi import detect_mpi  # noqa: E402
-from launcher.plan import Member, build_plan  # noqa: E402
-from launcher.supervisor import hostfile_written  # noqa: E402
-from launcher.tritonbin import find_tritonserver  # noqa: E402
-from tests.integration.launch import (  # noqa: E402
+from launcher.config import LaunchConfig, parse_env_assignments
+from launcher.mpi import detect_mpi
+from launcher.plan import Member, build_plan
+from launcher.supervisor import hostfile_written
+from launcher.tritonbin import find_tritonserver
+from tests.integration.launch import (
     LocalLaunch,
     Ports,
     kill_leftovers,

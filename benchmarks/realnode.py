@@ -1,6 +1,6 @@
 """Real-node figures (as root): the chart on real kubelets running the project's image.
 
-    .venv/bin/python benchmarks/realnode.py [--rounds 3] [--no-image-build]
+    .venv/bin/python -m benchmarks.realnode [--rounds 3] [--no-image-build]
 
 Printed side by side in one run:
 - the image build (cluster/image.sh on a copy of this repository's files, in an empty cache):
@@ -25,14 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from cluster.controlplane import Cluster
+from cluster.realnode import RealNodes
+from tests.chart.chart_helpers import find_tool
+from tests.cluster.lws import wait_for
+from tests.cluster.realnode.release import answers, installed, ready_group, serving_again
 
-from cluster.controlplane import Cluster  # noqa: E402
-from cluster.realnode import RealNodes  # noqa: E402
-from tests.chart.chart_helpers import find_tool  # noqa: E402
-from tests.cluster.lws import wait_for  # noqa: E402
-from tests.cluster.realnode.release import answers, installed, ready_group, serving_again  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def image_builds(work: Path) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Idle cost of the worker agent: RSS and CPU while no rank runs.
 
-    .venv/bin/python benchmarks/worker_idle.py [--seconds 60]
+    .venv/bin/python -m benchmarks.worker_idle [--seconds 60]
 
 Starts `launcher worker` (default 1 s interval), lets it settle, then samples
 its CPU time and RSS over the window. Targets: <= 40 MiB RSS, <= 0.5 % CPU.
@@ -16,14 +16,10 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.conftest import VENV_BIN, free_port  # noqa: E402
+from tests.conftest import VENV_BIN, free_port
 
 
 def main() -> int:

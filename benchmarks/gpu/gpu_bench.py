@@ -1,6 +1,6 @@
 """Rank-per-GPU Triton through the launcher, on a lent NVIDIA machine.
 
-    python benchmarks/gpu/gpu_bench.py [--rounds 3]      (run by benchmarks/gpu/run.sh)
+    python -m benchmarks.gpu.gpu_bench [--rounds 3]      (run by benchmarks/gpu/run.sh)
 
 For 1, 2 and 4 ranks (as many as there are GPUs), with the toy model's NCCL
 variant and Open MPI 4.1 (/usr/bin/mpirun):
@@ -33,16 +33,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import psutil
+import tritonclient.http as httpclient
+
+from benchmarks.launch import alternate, launcher_start, launcher_stop
+from tests.integration.launch import expected_output, infer, kill_leftovers, launch_env, private_repo
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-import tritonclient.http as httpclient  # noqa: E402
-from launch import alternate, launcher_start, launcher_stop  # noqa: E402
-
-from tests.integration.launch import expected_output, infer, kill_leftovers, launch_env, private_repo  # noqa: E402
 
 MPIRUN = "/usr/bin/mpirun"
 # NVLink multicast stays off on the lent machines (see the device notes).

@@ -9,4 +9,4 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi -L
 which mpirun ip unshare nsenter nsys || true
-exec python3 benchmarks/gpu/gpu_bench.py "$@"
+exec python3 -m benchmarks.gpu.gpu_bench "$@"

@@ -1,5 +1,5 @@
 """The chart installed on the real nodes with the project's image: one release, its pods, its Service.
-Shared by tests/cluster/realnode and benchmarks/realnode.py."""
+Shared by tests/cluster/realnode and benchmarks.realnode."""
 from __future__ import annotations
 
 import contextlib

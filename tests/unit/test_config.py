@@ -8,8 +8,9 @@ import pytest
 
 from launcher.cli import main
 from launcher.errors import ExitCode
+from tests.conftest import REPO
 
-TOY_REPO = Path(__file__).resolve().parent.parent / "launcher" / "examples" / "model_repository"
+TOY_REPO = REPO / "launcher" / "examples" / "model_repository"
 
 BAD_INPUTS = [
     # (argv, environment, exit code, words the message must contain)

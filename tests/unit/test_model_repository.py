@@ -10,6 +10,7 @@ import pytest
 from launcher.config import LaunchConfig
 from launcher.errors import EngineMismatchError, ModelRepositoryError
 from launcher.model_repository import check_engine, read_parameters
+from tests.conftest import REPO
 
 PBTXT = """name: "tensorrt_llm"
 backend: "tensorrtllm"
@@ -74,6 +75,6 @@ def test_garbage_engine_config(tmp_path: Path) -> None:
 
 
 def test_models_without_engine_are_not_checked(tmp_path: Path) -> None:
-    toy = Path(__file__).resolve().parent.parent / "launcher" / "examples" / "model_repository"
+    toy = REPO / "launcher" / "examples" / "model_repository"
     assert check_engine(LaunchConfig(model_repo=toy, model="toy_tp")) is None
     assert read_parameters(toy / "toy_tp" / "config.pbtxt") == {"collective": "auto"}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.podnet import AGENT, STATE_ROOT, Pod, PodNetwork, processes_in_namespaces
 
 _MISSING_TOOLS = [tool for tool in ("unshare", "nsenter", "ip") if shutil.which(tool) is None]
@@ -147,7 +148,7 @@ def test_a_network_left_by_a_killed_owner_is_removed_by_the_next_one() -> None:
             print(net.tag, pod.pid, pod.net_ns, pod.mnt_ns, flush=True)
             time.sleep(300)
         """)],
-        cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert crashed.stdout is not None
     tag, pid, net_ns, mnt_ns = crashed.stdout.readline().split()

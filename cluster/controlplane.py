@@ -170,7 +170,8 @@ class Cluster:
         self.network = Network()
         (self.workdir / "sandboxes").mkdir(exist_ok=True)
         for i in range(self.nodes_count):
-            self.nodes.append(Node(f"node-{i}", Sandbox(f"node-{i}", self.network, self.workdir / "sandboxes")))
+            name = f"node-{i}"  # each node its own /etc/hosts: set_hostname gives it the pod's name
+            self.nodes.append(Node(name, self.network.add(name, self.workdir / "sandboxes" / f"{name}.hosts")))
         self.server_ip = self.network.gateway
         self._pki()
         self._mark("sandboxes+pki", t0)
@@ -206,10 +207,8 @@ class Cluster:
         if self.api is not None:
             self.api.close()
             self.api = None
-        for node in self.nodes:
-            node.sandbox.stop()
         if self.network:
-            self.network.delete()
+            self.network.close()
             self.network = None
 
     # ---------------------------------------------------------------- pieces
@@ -544,4 +543,4 @@ class Cluster:
         when the thread that called this ends: call it from a thread that outlives the process."""
         self.mount_service_account(namespace, pod)
         full = {**self.pod_env(namespace, pod), **(env or {})}
-        return self.sandbox_of(namespace, pod).popen(argv, env=full, **kwargs)
+        return self.sandbox_of(namespace, pod).run(argv, env=full, **kwargs)

@@ -140,9 +140,8 @@ def serve_and_answer(launch: Launch) -> None:
 
 def ranks_in(cluster: Any, ns: str, pod: str) -> list[psutil.Process]:
     found = []
-    for pid in cluster.sandbox_of(ns, pod).pids():
+    for proc in cluster.sandbox_of(ns, pod).processes():
         try:
-            proc = psutil.Process(pid)
             if proc.name() == "tritonserver" and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except psutil.NoSuchProcess:

@@ -50,6 +50,23 @@ class PreflightConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RestartPolicy:
+    """What a failed launch in Kubernetes does next (see failures.py)."""
+
+    on_permanent_error: str = "park"  # park (stay alive and unready) or exit
+    window_s: float = 600.0  # failures this recent count for the backoff
+    backoff_s: float = 10.0  # the wait after the second failure in the window, doubling after
+    backoff_max_s: float = 300.0
+
+    def delay(self, earlier: int) -> float:
+        """Seconds to wait before exiting after ``earlier`` failures within the window: none for the
+        first failure, then ``backoff_s`` doubling up to ``backoff_max_s``."""
+        if earlier <= 0:
+            return 0.0
+        return float(min(self.backoff_max_s, self.backoff_s * 2 ** (earlier - 1)))
+
+
+@dataclasses.dataclass(frozen=True)
 class LaunchConfig:
     tp: int = 1
     pp: int = 1
@@ -63,8 +80,12 @@ class LaunchConfig:
     group_size: int | None = None  # LWS_GROUP_SIZE, when LWS provides it
     group_key: str | None = None
     namespace: str | None = None
+    lws_name: str | None = None  # the LeaderWorkerSet (Events are recorded on it)
+    pod_name: str | None = None  # this pod (downward API), for its Events
+    pod_uid: str | None = None
     nsys: NsysConfig = NsysConfig()
     preflight: PreflightConfig = PreflightConfig()
+    restart: RestartPolicy = RestartPolicy()
     triton_log_verbose: int = 0
     iso8601: bool = False
     model_load_threads: int = 2
@@ -135,6 +156,13 @@ def validate(config: LaunchConfig) -> LaunchConfig:
                       config.preflight.deadline_s)
     _require_positive("the preflight's largest size", "--preflight-max-bytes", "LAUNCHER_PREFLIGHT_MAX_BYTES",
                       config.preflight.max_bytes)
+    _require_positive("the restart window", "--restart-window", "LAUNCHER_RESTART_WINDOW", config.restart.window_s)
+    _require_positive("the restart backoff", "--restart-backoff", "LAUNCHER_RESTART_BACKOFF",
+                      config.restart.backoff_s)
+    if config.restart.backoff_max_s < config.restart.backoff_s:
+        raise _fail(f"--restart-backoff-max={config.restart.backoff_max_s:g}",
+                    f"the longest backoff cannot be shorter than the first (--restart-backoff="
+                    f"{config.restart.backoff_s:g})", "raise --restart-backoff-max or lower --restart-backoff")
     if config.stop_grace_s < 0:
         raise _fail(f"--stop-grace-period={config.stop_grace_s}", "the grace period cannot be negative",
                     "set it to 0 or more seconds")

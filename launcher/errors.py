@@ -32,9 +32,9 @@ class ExitCode(enum.IntEnum):
 class LauncherError(Exception):
     """A failure with a one-line message for the user and an exit code."""
 
-    exit_code: ExitCode = ExitCode.INTERNAL
+    exit_code: int = ExitCode.INTERNAL  # an ExitCode, or mpirun's own status when it failed first
 
-    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code

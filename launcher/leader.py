@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .config import LaunchConfig
 from .discovery import wait_until_reachable
 from .errors import ExitCode, LauncherError, MissingExecutableError
+from .failures import FAILED, FailureLog, failure_line, is_permanent, write_termination_log
 from .model_repository import check_engine, check_model_repository
 from .mpi import detect_mpi
 from .observability import LeaderPhase, reserve_port
@@ -82,6 +83,9 @@ class Leader:
     # Serve health and metrics from the start, because discovery may wait (Kubernetes); with static
     # hosts they are served right after mpirun starts, which spares their imports on the way to it.
     health_first: bool = False
+    # In Kubernetes: where failures are kept across the group's recreations; with it, a failure parks
+    # or backs off (config.restart, failures.py) instead of exiting at once.
+    failure_log: FailureLog | None = None
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -89,6 +93,8 @@ class Leader:
         self.supervisor: Supervisor | None = None
         self._health: HealthServer | None = None
         self._health_socket: socket.socket | None = None
+        self.phase = LeaderPhase.CONFIG  # before the supervisor's own phases
+        self.parked: str | None = None  # the failure a parked leader reports
 
     def serve_health(self) -> LeaderMetrics:
         """The leader's metrics and its /healthz, /readyz, /metrics server, made on first call."""
@@ -101,6 +107,7 @@ class Leader:
         return self.metrics
 
     def _enter(self, phase: LeaderPhase) -> None:
+        self.phase = phase
         if self.metrics is not None:
             self.metrics.phases.enter(phase)
 
@@ -138,48 +145,85 @@ class Leader:
                                 ExitCode.PREFLIGHT_FAILED)
 
     def run(self) -> int:
-        mpirun, flavor, triton = self.preflight_checks()
         self._health_socket = reserve_port(self.config.health_port)  # a port in use fails before anything starts
-        rank0_ready = Rank0Readiness(self.config.http_port)
         install_stop_handlers(self.stop)
-        if self.health_first:
-            self.serve_health()
         try:
-            self._enter(LeaderPhase.DISCOVERY)
-            members = self.discover(self.stop)
-            log.info("discovery: %d/%d pods found", len(members), self.config.pods)
-            self._enter(LeaderPhase.READINESS)
-            if self.agent is not None and len(members) > 1:
-                wait_until_reachable(self.agent, members[1:], self.config.discovery_timeout_s, self.stop,
-                                     {**self.environ, **agent_env(self.config)})
-            if self.config.preflight.enabled:
-                self._enter(LeaderPhase.PREFLIGHT)
-                self.preflight(members, mpirun, flavor, triton)
-            plan = launch_plan(self.config, members, mpirun, flavor, triton, self.environ, self.agent)
-            options = SupervisorOptions(
-                startup_timeout_s=self.config.startup_timeout_s,
-                stop_grace_s=self.config.stop_grace_s,
-                local_ranks=sum(1 for r in plan.ranks if r.pod == plan.ranks[0].pod),
-                group_settle_s=1.0 if self.group_changed is not None else 0.0,
-            )
-            self.supervisor = Supervisor(
-                plan, options, self.serve_health, rank0_ready, self.stop, self.environ, self.group_changed
-            )
-            if self.stop.is_set():
-                raise LauncherError("stopped before launch", ExitCode.INTERRUPTED)
-            return finish(self.supervisor.run())
+            return self._launch()
+        except LauncherError as exc:
+            return self._failed(exc)
         finally:
             self._enter(LeaderPhase.EXITED)
             if self._health is not None:
                 self._health.stop()
             self._health_socket.close()
 
+    def _launch(self) -> int:
+        if self.health_first:
+            self.serve_health()
+        mpirun, flavor, triton = self.preflight_checks()
+        rank0_ready = Rank0Readiness(self.config.http_port)
+        self._enter(LeaderPhase.DISCOVERY)
+        members = self.discover(self.stop)
+        log.info("discovery: %d/%d pods found", len(members), self.config.pods)
+        self._enter(LeaderPhase.READINESS)
+        if self.agent is not None and len(members) > 1:
+            wait_until_reachable(self.agent, members[1:], self.config.discovery_timeout_s, self.stop,
+                                 {**self.environ, **agent_env(self.config)})
+        if self.config.preflight.enabled:
+            self._enter(LeaderPhase.PREFLIGHT)
+            self.preflight(members, mpirun, flavor, triton)
+        plan = launch_plan(self.config, members, mpirun, flavor, triton, self.environ, self.agent)
+        options = SupervisorOptions(
+            startup_timeout_s=self.config.startup_timeout_s,
+            stop_grace_s=self.config.stop_grace_s,
+            local_ranks=sum(1 for r in plan.ranks if r.pod == plan.ranks[0].pod),
+            group_settle_s=1.0 if self.group_changed is not None else 0.0,
+        )
+        self.supervisor = Supervisor(
+            plan, options, self.serve_health, rank0_ready, self.stop, self.environ, self.group_changed
+        )
+        if self.stop.is_set():
+            raise LauncherError("stopped before launch", ExitCode.INTERRUPTED)
+        return finish(self.supervisor.run())
+
+    def _failed(self, exc: LauncherError) -> int:
+        """Keep the reason (termination log, Events), then park, back off or exit (failures.py)."""
+        code = int(exc.exit_code)
+        supervisor = self.supervisor
+        if supervisor is not None:
+            phase = LeaderPhase.SERVING if supervisor.time_to_ready_s is not None else LeaderPhase.LAUNCH
+        else:
+            phase = self.phase
+        line = failure_line(code, phase.value, str(exc))
+        write_termination_log(line)
+        if self.failure_log is None or code == ExitCode.INTERRUPTED:
+            raise exc
+        earlier = self.failure_log.count(FAILED, self.config.restart.window_s)
+        self.failure_log.record(FAILED, line)
+        metrics = self.serve_health()
+        metrics.failed.labels(str(code), phase.value).set(1)
+        if is_permanent(code) and self.config.restart.on_permanent_error == "park":
+            self.parked = line
+            log.error("%s; parked: no restart can fix this, so the group stays (unready) until its pods are "
+                      "replaced; fix the cause and roll the pods (helm upgrade), or delete the leader pod", line)
+            self.stop.wait()
+            return ExitCode.OK
+        delay = self.config.restart.delay(earlier)
+        if delay:
+            self.parked = (f"backing off {delay:.0f}s after {earlier + 1} failures in "
+                           f"{self.config.restart.window_s:.0f}s: {line}")
+            log.warning("%s", self.parked)
+            self.stop.wait(delay)
+        raise exc
+
     def _live(self) -> tuple[bool, str]:
         assert self.metrics is not None
-        return True, self.metrics.phases.current.value
+        return True, self.parked or self.metrics.phases.current.value
 
     def _ready(self) -> tuple[bool, str]:
         assert self.metrics is not None
+        if self.parked:
+            return False, f"not ready: {self.parked}"
         supervisor = self.supervisor
         if supervisor is None or not supervisor.ready:
             return False, f"not ready: {self.metrics.phases.current.value}"

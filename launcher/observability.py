@@ -114,6 +114,8 @@ class LeaderMetrics:
         self.rank0_ready = Gauge(f"{PREFIX}_rank0_ready", "1 while Triton rank 0 is ready", registry=self.registry)
         self.preflight_passed = Gauge(f"{PREFIX}_preflight_passed", "1 if the last preflight passed, 0 if it failed",
                                       registry=self.registry)
+        self.failed = Gauge(f"{PREFIX}_failed", "1 once the launch failed: its exit code and phase",
+                            ["exit_code", "phase"], registry=self.registry)
         self.preflight_busbw = Gauge(
             f"{PREFIX}_preflight_busbw_bytes_per_second", "Preflight allreduce bus bandwidth at the largest size",
             ["transport"], registry=self.registry,

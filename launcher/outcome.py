@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import logging
 
 from .errors import ExitCode, LauncherError
-
-log = logging.getLogger("launcher")
 
 
 class Ended(enum.Enum):
@@ -50,10 +47,8 @@ def exit_code(outcome: Outcome) -> int:
 
 
 def finish(outcome: Outcome) -> int:
-    """The exit status to return, or the one-line error (and its code) for the user."""
+    """0 for a requested stop; otherwise the one-line error for the user, with its exit code."""
     code = exit_code(outcome)
-    if outcome.ended is Ended.MPIRUN_FAILED:
-        log.error("%s", outcome.reason)
-    elif code:
-        raise LauncherError(outcome.reason, ExitCode(code))
+    if code:
+        raise LauncherError(outcome.reason, code)
     return code

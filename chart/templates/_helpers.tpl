@@ -135,6 +135,10 @@ from LWS itself (LWS_GROUP_SIZE).
   (printf "--health-port=%d" (int $v.ports.launcher))
   (printf "--startup-timeout=%d" (int $v.startup.timeoutSeconds))
   (printf "--discovery-timeout=%d" (int $v.startup.discoveryTimeoutSeconds))
+  (printf "--on-permanent-error=%s" $v.restarts.onPermanentError)
+  (printf "--restart-window=%d" (int $v.restarts.windowSeconds))
+  (printf "--restart-backoff=%d" (int $v.restarts.backoffSeconds))
+  (printf "--restart-backoff-max=%d" (int $v.restarts.backoffMaxSeconds))
   (printf "--log-format=%s" $v.logging.format) }}
 {{- if $v.logging.verbose }}
 {{- $args = concat $args (list "--verbose" "--env=NCCL_DEBUG=INFO") }}

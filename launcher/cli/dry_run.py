@@ -19,8 +19,8 @@ from .options import GROUP, HEALTH, PARALLELISM, TRITON, apply, build_config
 @click.command("dry-run")
 @apply(PARALLELISM, TRITON, GROUP, HEALTH)
 @click.option("--hosts", default=None, metavar="POD,...", help="Group members in worker-index order.")
-@click.option("--lws-name", default=None, help="Synthesize the pods of this LeaderWorkerSet ...")
-@click.option("--group-index", type=int, default=0, show_default=True, help="... and of this group.")
+@click.option("--group-index", type=int, default=0, show_default=True,
+              help="Without --hosts: plan for the pods of this group of --lws-name.")
 @click.option("--mpi", "mpi_version", type=click.Choice(["auto", "4.1", "5.0"]), default="auto", show_default=True,
               help="Open MPI flavour to plan for (auto: ask mpirun --version, else 5.0).")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -43,7 +43,8 @@ def dry_run(**params: Any) -> int:
 
 
 def _members(params: dict[str, Any], config: LaunchConfig) -> list[Any]:
-    if params["hosts"] and params["lws_name"]:
+    named = click.get_current_context().get_parameter_source("lws_name") == click.core.ParameterSource.COMMANDLINE
+    if params["hosts"] and named:  # (LAUNCHER_LWS_NAME of a pod's environment does not count)
         raise ConfigError("--hosts and --lws-name both given: they describe the same pods; keep one")
     if params["hosts"]:
         return parse_hosts(params["hosts"], config)

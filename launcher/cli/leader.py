@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,9 @@ from .options import GROUP, HEALTH, LOGGING, PARALLELISM, TRITON, apply, build_c
 
 if TYPE_CHECKING:
     from ..k8s import KubernetesGroup
+    from ..k8s.events import GroupEvents
+
+log = logging.getLogger("launcher.leader")
 
 HOSTS = click.option(
     "--hosts", envvar="LAUNCHER_HOSTS", show_envvar=True, default=None, metavar="POD[=ADDR],...",
@@ -37,7 +41,8 @@ def leader(**params: Any) -> int:
     group = kubernetes_group(config)
     try:
         agent = config.rsh_agent if config.pods > 1 else None
-        return Leader(config, group, agent, group_changed=group.changed, health_first=True).run()
+        return Leader(config, group, agent, group_changed=group.changed, health_first=True,
+                      failure_log=group_events(config, group.namespace)).run()
     finally:
         group.close()
 
@@ -52,6 +57,18 @@ def kubernetes_group(config: LaunchConfig) -> KubernetesGroup:
         )
     namespace = resolve_namespace(config.namespace)
     return KubernetesGroup(namespace, config.group_key, config.pods, config.discovery_timeout_s)
+
+
+def group_events(config: LaunchConfig, namespace: str) -> GroupEvents | None:
+    """Events on the group's LeaderWorkerSet and this pod, when both are named (the chart names them)."""
+    if not (config.lws_name and config.pod_name):
+        log.warning("no --lws-name/--pod-name (LAUNCHER_LWS_NAME, LAUNCHER_POD_NAME): failures are not recorded "
+                    "as Events, and transient ones restart the group without a backoff")
+        return None
+    from ..k8s.events import GroupEvents
+    from ..k8s.watch import load_api_client
+
+    return GroupEvents(load_api_client(), namespace, config.lws_name, config.pod_name, config.pod_uid)
 
 
 def parse_leader_args(argv: Sequence[str]) -> LaunchConfig:

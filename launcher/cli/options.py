@@ -104,6 +104,20 @@ GROUP = [
          help="Pods in the group (LeaderWorkerSet sets LWS_GROUP_SIZE)."),
     _opt("--discovery-timeout", "discovery_timeout_s", env="LAUNCHER_DISCOVERY_TIMEOUT", type=float,
          default=D.discovery_timeout_s, help="Seconds to wait for every pod to be running and reachable."),
+    _opt("--lws-name", env="LAUNCHER_LWS_NAME", default=None,
+         help="The group's LeaderWorkerSet (label leaderworkerset.sigs.k8s.io/name): Events are recorded on it."),
+    _opt("--pod-name", env="LAUNCHER_POD_NAME", default=None, help="This pod's name (downward API), for its Events."),
+    _opt("--pod-uid", env="LAUNCHER_POD_UID", default=None, help="This pod's uid (downward API), for its Events."),
+    _opt("--on-permanent-error", env="LAUNCHER_ON_PERMANENT_ERROR", type=click.Choice(["park", "exit"]),
+         default=D.restart.on_permanent_error,
+         help="park: stay alive and unready with the reason (no restart storm); exit: exit with the error."),
+    _opt("--restart-window", env="LAUNCHER_RESTART_WINDOW", type=float, default=D.restart.window_s,
+         help="Seconds in which earlier failures of the group count for the backoff."),
+    _opt("--restart-backoff", env="LAUNCHER_RESTART_BACKOFF", type=float, default=D.restart.backoff_s,
+         help="Seconds a transient failure waits before exiting when the group failed once within the window "
+              "(doubling with every further failure)."),
+    _opt("--restart-backoff-max", env="LAUNCHER_RESTART_BACKOFF_MAX", type=float, default=D.restart.backoff_max_s,
+         help="The longest wait before exiting after a transient failure."),
     _opt("--rsh-agent", env="LAUNCHER_RSH_AGENT", default=D.rsh_agent,
          help="MPI remote-launch agent that runs a command in a pod."),
 ]
@@ -122,7 +136,9 @@ def apply(*groups: list[Callable[[F], F]]) -> Callable[[F], F]:
 # Options that fill the nested configs: option name -> field
 NSYS_OPTIONS = {"nsys": "enabled", "nsys_binary": "binary", "nsys_output": "output_dir", "nsys_trace": "trace"}
 PREFLIGHT_OPTIONS = {"preflight": "enabled", "preflight_deadline": "deadline_s", "preflight_max_bytes": "max_bytes"}
-SPECIAL = {"extra_env", "forward_env", "nsys", "preflight", "triton_log_verbose", "iso8601"}
+RESTART_OPTIONS = {"on_permanent_error": "on_permanent_error", "restart_window": "window_s",
+                   "restart_backoff": "backoff_s", "restart_backoff_max": "backoff_max_s"}
+SPECIAL = {"extra_env", "forward_env", "nsys", "preflight", "restart", "triton_log_verbose", "iso8601"}
 
 
 def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
@@ -140,6 +156,7 @@ def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
         forward_env=tuple(values.get("forward_env", ())) or D.forward_env,
         nsys=dataclasses.replace(D.nsys, **pick(NSYS_OPTIONS)),
         preflight=dataclasses.replace(D.preflight, **pick(PREFLIGHT_OPTIONS)),
+        restart=dataclasses.replace(D.restart, **pick(RESTART_OPTIONS)),
         triton_log_verbose=values.get("triton_log_verbose", values.get("verbosity", D.triton_log_verbose)),
         iso8601=bool(values.get("iso8601", D.iso8601)),
     )

@@ -22,7 +22,9 @@ from tests.integration.launch import TOY_REPO, expected_output, infer
 
 RELEASE = "srv"
 MOUNT = "/var/run/models"
+LWS = f"{RELEASE}-lws-triton"
 GRACE_S = 20
+BACKOFF = {"onPermanentError": "park", "windowSeconds": 600, "backoffSeconds": 4, "backoffMaxSeconds": 8}
 RECOVERY_S = 240  # a fault -> the recreated group answering again
 CHART = Path(__file__).resolve().parents[3] / "chart"
 
@@ -34,6 +36,18 @@ class Served:
     helm: Release
     ns: str
     exits: ExitRecorder
+    values_file: Path
+
+    def upgrade(self, *sets: str) -> None:
+        """helm upgrade with the release's values and ``--set`` overrides (none: back to the values)."""
+        self.helm.helm("upgrade", RELEASE, str(CHART), "-f", str(self.values_file),
+                       *(word for s in sets for word in ("--set", s)))
+
+    def failure_events(self) -> list[str]:
+        """Messages of the LaunchFailed Events on the release's LeaderWorkerSet, oldest first."""
+        selector = f"involvedObject.kind=LeaderWorkerSet,involvedObject.name={LWS},reason=LaunchFailed"
+        events = self.core.list_namespaced_event(self.ns, field_selector=selector)
+        return [e.message for e in sorted(events.items, key=lambda e: e.last_timestamp)]
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -65,6 +79,8 @@ def values(image: str, repo: str) -> dict[str, Any]:
         "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
         "tolerations": [{"key": TAINT["key"], "operator": "Exists", "effect": TAINT["effect"]}],
         "terminationGracePeriodSeconds": GRACE_S,
+        # short backoffs: every fault of these tests is a failure of the group within one window
+        "restarts": BACKOFF,
     }
 
 
@@ -110,7 +126,7 @@ def installed(cluster: Cluster, nodes: RealNodes, helm_binary: Path, workdir: Pa
     values_file = workdir / f"{ns}-values.yaml"
     values_file.write_text(yaml.safe_dump(values(nodes.image, f"{MOUNT}/toy")))
     helm = Release(helm_binary, cluster.kubeconfig, ns)
-    served = Served(cluster, nodes, helm, ns, ExitRecorder(cluster.api, ns))
+    served = Served(cluster, nodes, helm, ns, ExitRecorder(cluster.api, ns), values_file)
     helm.helm("install", RELEASE, str(CHART), "-f", str(values_file))
     try:
         yield served

@@ -18,11 +18,23 @@ from kubernetes import client
 
 from cluster.controlplane import Cluster
 from cluster.realnode import NODE_LABEL, TAINT, RealNodes
+from launcher.config import RestartPolicy
 from launcher.errors import ExitCode
 from tests.chart.chart_helpers import INSTALL_HINT, find_tool
 from tests.cluster.lws import wait_for
 from tests.cluster.realnode.pods import container_processes, lasting_zombies, leftovers
-from tests.cluster.realnode.release import GRACE_S, Served, answers, installed, ready_group, serving_again
+from tests.cluster.realnode.release import (
+    BACKOFF,
+    GRACE_S,
+    LWS,
+    RECOVERY_S,
+    Served,
+    answers,
+    installed,
+    ready_group,
+    serving_again,
+)
+from tests.conftest import http_get
 from tests.integration.launch import expected_output
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
@@ -82,7 +94,11 @@ def test_rank_killed_in_the_worker_container(served: Served) -> None:
     # the worker's agent ends the rest of its ranks' processes; PID 1 reaps them
     assert lasting_zombies(worker_pid1) == []
     pods = serving_again(s, [leader, worker])
-    assert ExitCode.RANK_LOST in [e.exit_code for e in s.exits.of(leader.metadata.uid)], s.exits.of(leader.metadata.uid)
+    ended = [e for e in s.exits.of(leader.metadata.uid) if e.exit_code == ExitCode.RANK_LOST]
+    assert ended, s.exits.of(leader.metadata.uid)
+    # the reason outlives the pod: the termination message, and an Event on the LeaderWorkerSet
+    assert ended[0].message.startswith("exit 78 in serving: "), ended[0].message
+    assert ended[0].message.strip() in s.failure_events()
     assert_clean(s, pods)
 
 
@@ -116,6 +132,53 @@ def test_worker_main_process_killed(served: Served) -> None:
     pods = serving_again(s, [leader, worker])
     assert 137 in [e.exit_code for e in s.exits.of(worker.metadata.uid)], s.exits.of(worker.metadata.uid)
     assert_clean(s, pods)
+
+
+def test_a_recurring_failure_waits_its_backoff_before_the_group_is_recreated(served: Served) -> None:
+    s = served
+    leader, worker = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    earlier = len(s.failure_events())
+    assert earlier >= 1  # the faults above failed this group within the window
+    policy = RestartPolicy(backoff_s=BACKOFF["backoffSeconds"], backoff_max_s=BACKOFF["backoffMaxSeconds"])
+    delay = policy.delay(earlier)
+    rank = next(p for p in container_processes(s.pid1(worker)) if p.name == "tritonserver")
+    killed = time.time()
+    signal_process(rank.pid, signal.SIGKILL)
+    ended = wait_for("the leader's exit", lambda: s.exits.of(leader.metadata.uid), s.describe, 60)
+    took = ended[0].finished - killed
+    assert ended[0].exit_code == ExitCode.RANK_LOST and took >= delay - 1.0, (took, delay, ended)
+    print(f"rank killed with {earlier} failures in the window -> leader exit after {took:.1f}s (backoff {delay:.0f}s)")
+    assert len(s.failure_events()) == earlier + 1
+    assert_clean(s, serving_again(s, [leader, worker]))
+
+
+def test_a_permanent_error_parks_the_group_until_the_configuration_changes(served: Served) -> None:
+    s = served
+    old = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    s.upgrade("modelRepository.model=no_such_model")  # the leader's check: exit 65, no restart can fix it
+
+    def parked() -> client.V1Pod | None:
+        pods = [p for p in s.pods() if p.metadata.uid not in {o.metadata.uid for o in old}
+                and p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
+        leader = next((p for p in pods if p.metadata.name.endswith("-0")), None)
+        if leader is None or not leader.status.pod_ip:
+            return None
+        code, text = http_get(8080, "/readyz", host=leader.status.pod_ip)
+        return leader if code == 503 and "exit 65 in config" in text else None
+    leader = wait_for("the new leader parked", parked, s.describe, RECOVERY_S)
+    uids = {p.metadata.uid for p in s.pods()}
+    time.sleep(30)  # a recreate loop would have replaced the group several times by now
+    pods = s.pods()
+    assert {p.metadata.uid for p in pods} == uids, s.describe()
+    assert all(c.restart_count == 0 for p in pods for c in p.status.container_statuses or []), s.describe()
+    assert any("exit 65 in config" in m and "no_such_model" in m for m in s.failure_events())
+    kubectl = find_tool("kubectl", "KUBECTL")
+    if kubectl is not None:  # what an operator reads
+        described = subprocess.run([str(kubectl), "--kubeconfig", str(s.cluster.kubeconfig), "-n", s.ns,
+                                    "describe", "lws", LWS], capture_output=True, text=True, timeout=60).stdout
+        assert "LaunchFailed" in described and "exit 65 in config" in described, described
+    s.upgrade()  # the configuration fixed: the group rolls and serves again
+    assert_clean(s, serving_again(s, [leader]))
 
 
 def test_image_commands_run_in_the_container(served: Served) -> None:

@@ -8,6 +8,7 @@ the filesystem live in ``model_repository.py``. Each broken rule raises a
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,6 +51,17 @@ class PreflightConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CanaryConfig:
+    """Hang detection while serving (canary.py); off without a model."""
+
+    model: str = ""
+    inputs: str = "[]"  # the KServe v2 request's "inputs", as JSON
+    interval_s: float = 30.0
+    deadline_s: float = 10.0
+    misses: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
 class RestartPolicy:
     """What a failed launch in Kubernetes does next (see failures.py)."""
 
@@ -86,6 +98,7 @@ class LaunchConfig:
     nsys: NsysConfig = NsysConfig()
     preflight: PreflightConfig = PreflightConfig()
     restart: RestartPolicy = RestartPolicy()
+    canary: CanaryConfig = CanaryConfig()
     triton_log_verbose: int = 0
     iso8601: bool = False
     model_load_threads: int = 2
@@ -163,6 +176,7 @@ def validate(config: LaunchConfig) -> LaunchConfig:
         raise _fail(f"--restart-backoff-max={config.restart.backoff_max_s:g}",
                     f"the longest backoff cannot be shorter than the first (--restart-backoff="
                     f"{config.restart.backoff_s:g})", "raise --restart-backoff-max or lower --restart-backoff")
+    _validate_canary(config.canary)
     if config.stop_grace_s < 0:
         raise _fail(f"--stop-grace-period={config.stop_grace_s}", "the grace period cannot be negative",
                     "set it to 0 or more seconds")
@@ -177,6 +191,31 @@ def check_range(flag: str, value: int, low: int, high: int, what: str) -> int:
     if not low <= value <= high:
         raise _fail(f"{flag}={value}", f"{what} must be between {low} and {high}", f"choose another {flag}")
     return value
+
+
+def _validate_canary(canary: CanaryConfig) -> None:
+    if not canary.model:
+        return
+    if not _MODEL_NAME.match(canary.model):
+        raise _fail(f"--canary-model={canary.model!r}", "a model name is one directory name of the model repository",
+                    "give the name of the model the canary asks")
+    try:
+        inputs = json.loads(canary.inputs)
+    except ValueError as exc:
+        raise _fail(f"--canary-inputs={canary.inputs!r}", f"not JSON ({exc})",
+                    'write the request\'s inputs, e.g. [{"name": "INPUT", "datatype": "FP32", "shape": [1], '
+                    '"data": [1.0]}]') from None
+    if not isinstance(inputs, list) or not inputs:
+        raise _fail(f"--canary-inputs={canary.inputs!r}", "the inputs are a non-empty JSON list of tensors",
+                    "write the inputs of one KServe v2 inference request")
+    _require_positive("the canary interval", "--canary-interval", "LAUNCHER_CANARY_INTERVAL", canary.interval_s)
+    _require_positive("the canary deadline", "--canary-deadline", "LAUNCHER_CANARY_DEADLINE", canary.deadline_s)
+    _require_positive("the canary misses", "--canary-misses", "LAUNCHER_CANARY_MISSES", canary.misses)
+    if canary.deadline_s >= canary.interval_s:
+        raise _fail(f"--canary-deadline={canary.deadline_s:g}",
+                    f"the deadline must be shorter than the interval ({canary.interval_s:g}s): canaries never "
+                    "overlap",
+                    "lower --canary-deadline or raise --canary-interval")
 
 
 def _validate_ports(config: LaunchConfig) -> None:

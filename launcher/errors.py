@@ -26,6 +26,7 @@ class ExitCode(enum.IntEnum):
     GROUP_CHANGED = 79  # a pod of the group was deleted, restarted or not ready
     PREFLIGHT_FAILED = 80  # the fabric check found a rank, GPU or link at fault
     FORBIDDEN = 81  # the API server refused the launcher's credentials or RBAC permissions
+    HUNG = 82  # rank 0 answered no canary inference in time: a rank is stuck
     INTERRUPTED = 130  # stopped by a signal before the launch was complete
 
 

@@ -178,6 +178,7 @@ class Leader:
             stop_grace_s=self.config.stop_grace_s,
             local_ranks=sum(1 for r in plan.ranks if r.pod == plan.ranks[0].pod),
             group_settle_s=1.0 if self.group_changed is not None else 0.0,
+            canary=self.config.canary, canary_port=self.config.http_port,
         )
         self.supervisor = Supervisor(
             plan, options, self.serve_health, rank0_ready, self.stop, self.environ, self.group_changed

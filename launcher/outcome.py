@@ -15,6 +15,7 @@ class Ended(enum.Enum):
     GROUP_CHANGED = "group changed"  # a worker pod was deleted, replaced, restarted or turned not ready
     FORBIDDEN = "forbidden"  # the API server stopped allowing the group watch (credentials, RBAC)
     MPIRUN_FAILED = "mpirun failed"  # mpirun ended with an error before rank 0 was ready
+    HUNG = "hung"  # rank 0 answered no canary in time: a rank is stuck in a collective
 
 
 CODES = {
@@ -23,6 +24,7 @@ CODES = {
     Ended.STARTUP_TIMEOUT: ExitCode.STARTUP_TIMEOUT,
     Ended.GROUP_CHANGED: ExitCode.GROUP_CHANGED,
     Ended.FORBIDDEN: ExitCode.FORBIDDEN,
+    Ended.HUNG: ExitCode.HUNG,
 }
 
 

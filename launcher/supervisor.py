@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from .canary import Canary
+from .config import CanaryConfig
 from .observability import LeaderPhase
 from .outcome import Ended, Outcome
 from .plan import LaunchPlan
@@ -55,6 +57,8 @@ class SupervisorOptions:
     # keeps that near 1 % of a core; mpirun itself ends a launch whose rank dies sooner.
     rank_check_interval_s: float = 0.5
     group_settle_s: float = 0.0  # after mpirun ends on its own, how long a pod change may still explain it
+    canary: CanaryConfig = dataclasses.field(default_factory=CanaryConfig)  # off without a model
+    canary_port: int = 8000  # rank 0's HTTP port
 
 
 @contextlib.contextmanager
@@ -88,6 +92,7 @@ class Supervisor:
         self.options = options
         self.serve = serve  # the leader's metrics (and health server), once mpirun runs
         self._metrics: LeaderMetrics | None = None
+        self.canary: Canary | None = None
         self.rank0_ready = rank0_ready
         self.stop = stop
         self.group_changed = group_changed or (lambda: None)
@@ -125,6 +130,9 @@ class Supervisor:
             changed = self.group_changed()
             if changed is not None:
                 return changed
+            wedged = self.canary.wedged() if self.canary is not None else None
+            if wedged is not None:
+                return Outcome(Ended.HUNG, wedged)
             returncode = proc.poll()
             if returncode is not None:
                 return self._mpirun_exited(returncode)
@@ -157,6 +165,8 @@ class Supervisor:
             self.metrics.time_to_ready.set(elapsed)
             self.metrics.phases.enter(LeaderPhase.SERVING)
             log.info("rank 0 ready after %.2fs: serving", elapsed)
+            if self.options.canary.model:
+                self.canary = Canary(self.options.canary_port, self.options.canary).start()
         elif self.ready and not ready:
             log.warning("rank 0 stopped answering ready")
         self.ready = ready
@@ -224,6 +234,8 @@ class Supervisor:
             self.metrics.phases.enter(LeaderPhase.STOPPING)
             self.metrics.rank0_ready.set(0)
         self.rank0_ready.close()
+        if self.canary is not None:
+            self.canary.close()
         begun = time.monotonic()
         launched = procs.launch_processes(self.launch_id)
         if graceful:

@@ -18,6 +18,7 @@ from .options import HEALTH, LOGGING, TRITON, Ranged, apply, build_config
 
 EXAMPLE_REPO = Path(__file__).resolve().parent.parent / "examples" / "model_repository"
 EXAMPLE_MODEL = "toy_tp"
+EXAMPLE_CANARY = '[{"name": "INPUT", "datatype": "FP32", "shape": [1], "data": [1.0]}]'
 MAX_LOCAL_RANKS = 256  # more GPUs than one machine has; each rank is a whole tritonserver
 
 
@@ -29,11 +30,13 @@ MAX_LOCAL_RANKS = 256  # more GPUs than one machine has; each rank is a whole tr
 def local(**params: Any) -> int:
     """Run the whole leader path on this machine (no Kubernetes, no agent)."""
     logs.setup(params["log_format"], params["verbosity"])
-    source = click.get_current_context().get_parameter_source("model_repo")
-    if source == click.core.ParameterSource.DEFAULT:
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("model_repo") == click.core.ParameterSource.DEFAULT:
         params["model_repo"] = EXAMPLE_REPO
-        if click.get_current_context().get_parameter_source("model") == click.core.ParameterSource.DEFAULT:
+        if ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT:
             params["model"] = EXAMPLE_MODEL
+            if ctx.get_parameter_source("canary_model") == click.core.ParameterSource.DEFAULT:
+                params["canary_model"], params["canary_inputs"] = EXAMPLE_MODEL, EXAMPLE_CANARY
     ranks = params["ranks"]
     config = build_config(params, tp=ranks, pp=1, gpus_per_pod=ranks)
 

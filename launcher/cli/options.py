@@ -90,6 +90,16 @@ TRITON = [
          help="Seconds a preflight rank may take before it is reported as hung."),
     _opt("--preflight-max-bytes", env="LAUNCHER_PREFLIGHT_MAX_BYTES", type=int, default=D.preflight.max_bytes,
          help="Largest allreduce of the preflight bandwidth sweep."),
+    _opt("--canary-model", env="LAUNCHER_CANARY_MODEL", default=D.canary.model,
+         help="Model the hang-detecting canary asks while serving (empty: no canary)."),
+    _opt("--canary-inputs", env="LAUNCHER_CANARY_INPUTS", default=D.canary.inputs,
+         help="The canary request's inputs (KServe v2 JSON list of tensors)."),
+    _opt("--canary-interval", env="LAUNCHER_CANARY_INTERVAL", type=float, default=D.canary.interval_s,
+         help="Seconds between canaries."),
+    _opt("--canary-deadline", env="LAUNCHER_CANARY_DEADLINE", type=float, default=D.canary.deadline_s,
+         help="Seconds a canary may wait for its answer."),
+    _opt("--canary-misses", env="LAUNCHER_CANARY_MISSES", type=int, default=D.canary.misses,
+         help="Canaries in a row without an answer that end the launch (exit 82: hung)."),
     _opt("--startup-timeout", "startup_timeout_s", env="LAUNCHER_STARTUP_TIMEOUT", type=float,
          default=D.startup_timeout_s, help="Seconds rank 0 may take to become ready (large engines load slowly)."),
     _opt("--stop-grace-period", "stop_grace_s", env="LAUNCHER_STOP_GRACE_PERIOD", type=float,
@@ -138,7 +148,9 @@ NSYS_OPTIONS = {"nsys": "enabled", "nsys_binary": "binary", "nsys_output": "outp
 PREFLIGHT_OPTIONS = {"preflight": "enabled", "preflight_deadline": "deadline_s", "preflight_max_bytes": "max_bytes"}
 RESTART_OPTIONS = {"on_permanent_error": "on_permanent_error", "restart_window": "window_s",
                    "restart_backoff": "backoff_s", "restart_backoff_max": "backoff_max_s"}
-SPECIAL = {"extra_env", "forward_env", "nsys", "preflight", "restart", "triton_log_verbose", "iso8601"}
+CANARY_OPTIONS = {"canary_model": "model", "canary_inputs": "inputs", "canary_interval": "interval_s",
+                  "canary_deadline": "deadline_s", "canary_misses": "misses"}
+SPECIAL = {"extra_env", "forward_env", "nsys", "preflight", "restart", "canary", "triton_log_verbose", "iso8601"}
 
 
 def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
@@ -157,6 +169,7 @@ def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
         nsys=dataclasses.replace(D.nsys, **pick(NSYS_OPTIONS)),
         preflight=dataclasses.replace(D.preflight, **pick(PREFLIGHT_OPTIONS)),
         restart=dataclasses.replace(D.restart, **pick(RESTART_OPTIONS)),
+        canary=dataclasses.replace(D.canary, **pick(CANARY_OPTIONS)),
         triton_log_verbose=values.get("triton_log_verbose", values.get("verbosity", D.triton_log_verbose)),
         iso8601=bool(values.get("iso8601", D.iso8601)),
     )

@@ -9,6 +9,12 @@ Every MPI wait is a non-blocking call polled at a short interval, so no rank
 spins a core (Open MPI busy-waits in blocking calls): with eight ranks on two
 cores the spinning starved the python backend's health thread, and Triton
 then failed a request with "Stub process is not healthy".
+
+Fault switches, as request parameters, for tests: ``delay_s`` keeps the
+request in flight that long on rank 0 before the ranks compute (a slow
+request); ``hang_rank`` makes that rank block forever instead of taking part
+(a rank stuck in its collective: the world is wedged, every later request
+waits too).
 """
 
 from __future__ import annotations
@@ -192,21 +198,31 @@ class TritonPythonModel:
             message = _wait(self.comm.irecv(source=0, tag=WORK_TAG))
             if message is None:
                 return
-            self._compute(self.collective.unpack(message))
+            if message["hang_rank"] == self.rank:
+                self._hang()
+            self._compute(self.collective.unpack(message["data"]))
 
-    def _lead(self, x):
+    def _hang(self):
+        pb_utils.Logger.log_warn(f"toy_tp rank {self.rank}: hanging on purpose (hang_rank)")
+        while True:
+            time.sleep(1)
+
+    def _lead(self, x, params):
         x = np.ascontiguousarray(x, dtype=np.float32)
-        payload = self.collective.pack(x)
-        sends = [self.comm.isend(payload, dest=peer, tag=WORK_TAG) for peer in range(1, self.world)]
+        time.sleep(float(params.get("delay_s", 0)))
+        message = {"data": self.collective.pack(x), "hang_rank": params.get("hang_rank")}
+        sends = [self.comm.isend(message, dest=peer, tag=WORK_TAG) for peer in range(1, self.world)]
         for request in sends:
             _wait(request)
+        if message["hang_rank"] == 0:
+            self._hang()
         return self._compute(x)
 
     def execute(self, requests):
         responses = []
         for request in requests:
             x = _input(request, "INPUT")
-            total, contributors = self._lead(x)
+            total, contributors = self._lead(x, json.loads(request.parameters() or "{}"))
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[

@@ -1,0 +1,74 @@
+"""Hang detection: an inference sent to rank 0 every interval while serving, with a deadline.
+
+A rank stuck in a collective (an NCCL hang, a dead peer link) keeps every process alive, so process
+checks see nothing while every request waits forever. A canary that gets no answer within its deadline
+``misses`` times in a row ends the launch (exit 82), so the group is recreated. Only silence counts:
+an error answer proves the server still answers, and a canary that names a wrong model must not
+recreate healthy groups. The deadline is shorter than the interval, so canaries never overlap and a
+wedge is caught within interval x misses + deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+from .config import CanaryConfig
+
+log = logging.getLogger("launcher.canary")
+
+
+class Canary:
+    def __init__(self, port: int, config: CanaryConfig) -> None:
+        self.port, self.config = port, config
+        self.path = f"/v2/models/{config.model}/infer"
+        self.body = json.dumps({"inputs": json.loads(config.inputs)}).encode()
+        self.missed = 0  # in a row
+        self.last_miss = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="canary", daemon=True)
+
+    def start(self) -> Canary:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def wedged(self) -> str | None:
+        """Why the world looks wedged (enough canaries in a row got no answer), else None."""
+        if self.missed < self.config.misses:
+            return None
+        return (f"rank 0 answered none of {self.missed} canary inferences of {self.config.model} within "
+                f"{self.config.deadline_s:g}s (last: {self.last_miss}): a rank is stuck, the group must be "
+                "restarted")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.interval_s):
+            why = self._ask()
+            if why is None:
+                self.missed = 0
+                continue
+            self.missed += 1
+            self.last_miss = why
+            log.warning("canary %d/%d got no answer: %s", self.missed, self.config.misses, why)
+
+    def _ask(self) -> str | None:
+        """None when rank 0 answered (whatever it answered), else why not."""
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.config.deadline_s)
+        try:
+            connection.request("POST", self.path, body=self.body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            text = response.read()
+            if response.status != 200:
+                log.warning("canary answered %d: %s", response.status, text[:200].decode(errors="replace"))
+            return None
+        except TimeoutError:
+            return f"no answer within {self.config.deadline_s:g}s"
+        except (OSError, http.client.HTTPException) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            connection.close()

@@ -105,6 +105,8 @@ class LaunchConfig:
     extra_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     forward_env: tuple[str, ...] = DEFAULT_FORWARD_PREFIXES
     startup_timeout_s: float = 1800.0
+    drain_delay_s: float = 0.0  # after SIGTERM, rank 0 keeps taking requests this long (endpoints propagate)
+    drain_timeout_s: float = 30.0  # then the requests in flight get this long to finish
     stop_grace_s: float = 10.0
     discovery_timeout_s: float = 600.0
     mpirun: str = "mpirun"
@@ -177,6 +179,10 @@ def validate(config: LaunchConfig) -> LaunchConfig:
                     f"the longest backoff cannot be shorter than the first (--restart-backoff="
                     f"{config.restart.backoff_s:g})", "raise --restart-backoff-max or lower --restart-backoff")
     _validate_canary(config.canary)
+    if config.drain_delay_s < 0:
+        raise _fail(f"--drain-delay={config.drain_delay_s:g}", "the drain delay cannot be negative",
+                    "set it to 0 or more seconds")
+    _require_positive("the drain timeout", "--drain-timeout", "LAUNCHER_DRAIN_TIMEOUT", config.drain_timeout_s)
     if config.stop_grace_s < 0:
         raise _fail(f"--stop-grace-period={config.stop_grace_s}", "the grace period cannot be negative",
                     "set it to 0 or more seconds")

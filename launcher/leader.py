@@ -179,6 +179,8 @@ class Leader:
             local_ranks=sum(1 for r in plan.ranks if r.pod == plan.ranks[0].pod),
             group_settle_s=1.0 if self.group_changed is not None else 0.0,
             canary=self.config.canary, canary_port=self.config.http_port,
+            drain_delay_s=self.config.drain_delay_s, drain_timeout_s=self.config.drain_timeout_s,
+            endpoints=(self.config.http_port, self.config.grpc_port),
         )
         self.supervisor = Supervisor(
             plan, options, self.serve_health, rank0_ready, self.stop, self.environ, self.group_changed
@@ -225,6 +227,8 @@ class Leader:
         assert self.metrics is not None
         if self.parked:
             return False, f"not ready: {self.parked}"
+        if self.stop.is_set():  # unready the moment a stop is asked for: the drain starts
+            return False, "not ready: stopping"
         supervisor = self.supervisor
         if supervisor is None or not supervisor.ready:
             return False, f"not ready: {self.metrics.phases.current.value}"

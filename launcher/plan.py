@@ -168,6 +168,7 @@ def _triton_words(config: LaunchConfig, triton: TritonCommand, rank: str, serves
         f"--backend-config=python,shm-region-prefix-name=prefix{rank}_",
         f"--model-load-thread-count={config.model_load_threads}",
         f"--log-verbose={config.triton_log_verbose}",
+        f"--exit-timeout-secs={max(1, round(config.drain_timeout_s))}",  # requests in flight at a stop
     ]
     if triton.backend_directory:
         argv.append(f"--backend-directory={triton.backend_directory}")

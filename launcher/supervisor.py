@@ -59,6 +59,35 @@ class SupervisorOptions:
     group_settle_s: float = 0.0  # after mpirun ends on its own, how long a pod change may still explain it
     canary: CanaryConfig = dataclasses.field(default_factory=CanaryConfig)  # off without a model
     canary_port: int = 8000  # rank 0's HTTP port
+    drain_delay_s: float = 0.0  # a requested stop while serving: rank 0 keeps taking requests this long,
+    drain_timeout_s: float = 30.0  # then those in flight get this long, before the ranks are stopped
+    endpoints: tuple[int, ...] = ()  # rank 0's request ports (HTTP, gRPC): closed once drained
+
+
+def client_connections(ports: tuple[int, ...]) -> int:
+    """Established TCP connections to ``ports`` of this network namespace (rank 0's endpoints: the
+    launcher shares its pod's network), from /proc/net/tcp and tcp6."""
+    wanted = {f"{port:04X}" for port in ports}
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 3 and fields[3] == "01" and fields[1].rsplit(":", 1)[1] in wanted:  # 01: ESTABLISHED
+                count += 1
+    return count
+
+
+def _is_rank0(process: psutil.Process) -> bool:
+    import psutil
+
+    try:
+        return "--id=rank0" in process.cmdline()
+    except psutil.Error:
+        return False
 
 
 @contextlib.contextmanager
@@ -208,6 +237,30 @@ class Supervisor:
                                             "log above); the group must be restarted")
         return Outcome(Ended.MPIRUN_FAILED, f"mpirun exited with status {status} before rank 0 was ready", status)
 
+    def _drain(self) -> None:
+        """Unready first; rank 0 keeps taking requests for the drain delay (clients still routed here
+        are served), then only rank 0 is asked to stop: Triton refuses new requests and finishes those in
+        flight, which need every other rank still running, waiting for its clients' connections to end.
+        When none is left (or at the timeout) the drain is over and every rank stops together: rank 0
+        cannot unload its model alone (its teardown waits for its peers')."""
+        import psutil
+
+        from . import procs
+
+        options = self.options
+        log.info("draining: not ready; rank 0 takes requests for %gs more, then those in flight get up to %gs",
+                 options.drain_delay_s, options.drain_timeout_s)
+        time.sleep(options.drain_delay_s)
+        begun = time.monotonic()
+        rank0 = [p for p in procs.rank_roots(procs.launch_processes(self.launch_id)) if _is_rank0(p)]
+        for p in rank0:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGTERM)
+        deadline = begun + options.drain_timeout_s
+        while client_connections(options.endpoints) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log.info("drained in %.1fs%s", time.monotonic() - begun, " (timed out)" if time.monotonic() >= deadline else "")
+
     def _stop_gracefully(self, proc: subprocess.Popen[bytes], launched: list[psutil.Process]) -> list[psutil.Process]:
         """SIGTERM to mpirun and, at the same moment, to the local ranks: Triton
         drains and exits by itself, and mpirun sees its ranks end and aborts
@@ -237,6 +290,8 @@ class Supervisor:
         if self.canary is not None:
             self.canary.close()
         begun = time.monotonic()
+        if graceful and self.ready:
+            self._drain()
         launched = procs.launch_processes(self.launch_id)
         if graceful:
             survivors = self._stop_gracefully(proc, launched)

@@ -110,6 +110,10 @@ only; prints nothing.
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail (printf "autoscaling.minReplicas (%d) is greater than autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- end }}
+{{- $stop := add (int .Values.drain.delaySeconds) (int .Values.drain.timeoutSeconds) 10 }}
+{{- if gt $stop (int .Values.terminationGracePeriodSeconds) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) is shorter than a drained stop: drain.delaySeconds (%d) + drain.timeoutSeconds (%d) + 10 s for the ranks to stop = %d; raise terminationGracePeriodSeconds or shorten the drain" (int .Values.terminationGracePeriodSeconds) (int .Values.drain.delaySeconds) (int .Values.drain.timeoutSeconds) $stop) }}
+{{- end }}
 {{- $ports := list (int .Values.ports.http) (int .Values.ports.grpc) (int .Values.ports.metrics) (int .Values.ports.launcher) }}
 {{- if ne (len (uniq $ports)) 4 }}
 {{- fail (printf "ports.http, ports.grpc, ports.metrics and ports.launcher must differ; got %v" $ports) }}
@@ -135,6 +139,8 @@ from LWS itself (LWS_GROUP_SIZE).
   (printf "--health-port=%d" (int $v.ports.launcher))
   (printf "--startup-timeout=%d" (int $v.startup.timeoutSeconds))
   (printf "--discovery-timeout=%d" (int $v.startup.discoveryTimeoutSeconds))
+  (printf "--drain-delay=%d" (int $v.drain.delaySeconds))
+  (printf "--drain-timeout=%d" (int $v.drain.timeoutSeconds))
   (printf "--on-permanent-error=%s" $v.restarts.onPermanentError)
   (printf "--restart-window=%d" (int $v.restarts.windowSeconds))
   (printf "--restart-backoff=%d" (int $v.restarts.backoffSeconds))

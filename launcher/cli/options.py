@@ -102,6 +102,10 @@ TRITON = [
          help="Canaries in a row without an answer that end the launch (exit 82: hung)."),
     _opt("--startup-timeout", "startup_timeout_s", env="LAUNCHER_STARTUP_TIMEOUT", type=float,
          default=D.startup_timeout_s, help="Seconds rank 0 may take to become ready (large engines load slowly)."),
+    _opt("--drain-delay", "drain_delay_s", env="LAUNCHER_DRAIN_DELAY", type=float, default=D.drain_delay_s,
+         help="On SIGTERM while serving: seconds rank 0 keeps taking requests, unready, while endpoints update."),
+    _opt("--drain-timeout", "drain_timeout_s", env="LAUNCHER_DRAIN_TIMEOUT", type=float, default=D.drain_timeout_s,
+         help="Then: seconds the requests in flight get to finish before the ranks are stopped."),
     _opt("--stop-grace-period", "stop_grace_s", env="LAUNCHER_STOP_GRACE_PERIOD", type=float,
          default=D.stop_grace_s, help="Seconds ranks get to exit after SIGTERM before SIGKILL."),
 ]

@@ -105,6 +105,7 @@ def test_tutorial_args_mean_the_tutorial_topology(helm: Helm,
         "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002",
         "--health-port", "8080",
         "--startup-timeout", "1800", "--discovery-timeout", "600", "--log-format", "text",
+        "--drain-delay", "5", "--drain-timeout", "30",
     ]
     assert comparable(config) == comparable(parse_with_env(monkeypatch, reference, env))
     moved = [arg if arg != "--http-port=8000" else "--http-port=8100" for arg in argv]
@@ -138,6 +139,7 @@ def test_all_options_args_mean_the_values(helm: Helm, monkeypatch: pytest.Monkey
         "-v", "--env", "NCCL_DEBUG=INFO", "--iso8601",
         "--enable_nsys", "--nsys-output", "/mnt/models/nsys", "--preflight",
         "--env", "FI_EFA_USE_DEVICE_RDMA=1", "--env", "NCCL_PROTO=simple",
+        "--drain-delay", "5", "--drain-timeout", "30",
     ]
     assert comparable(config) == comparable(parse_with_env(monkeypatch, reference, env))
     quiet = [arg for arg in argv if arg != "--iso8601"]

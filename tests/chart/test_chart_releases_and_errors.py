@@ -126,6 +126,11 @@ def test_long_release_names_leave_room_for_lws_pod_names(helm: Helm) -> None:
                      id="nsys-without-path"),
         pytest.param(("gpuPerNodes=4",), "'gpuPerNodes' not allowed", id="unknown-key"),
         pytest.param(("rankEnv.bad-name=1",), "/rankEnv", id="bad-env-name"),
+        pytest.param(("terminationGracePeriodSeconds=30",), "terminationGracePeriodSeconds (30) is shorter than "
+                     "a drained stop: drain.delaySeconds (5) + drain.timeoutSeconds (30)", id="drain-beyond-grace"),
+        pytest.param(("drain.delaySeconds=-1",), "/drain/delaySeconds", id="negative-drain-delay"),
+        pytest.param(("restarts.onPermanentError=retry",), "/restarts/onPermanentError", id="permanent-enum"),
+        pytest.param(("restarts.backoffSeconds=0",), "/restarts/backoffSeconds", id="zero-backoff"),
     ],
 )
 def test_invalid_values_fail_with_the_intended_message(helm: Helm, sets: tuple[str, ...],

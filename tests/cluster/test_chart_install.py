@@ -39,7 +39,8 @@ VALUES = {
 EXPECTED_LEADER_ARGS = [
     "leader", "--tp=2", "--pp=1", "--gpus-per-pod=1", f"--model-repo={MODEL_REPO}", "--model=tensorrt_llm",
     "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--health-port=8080",
-    "--startup-timeout=120", "--discovery-timeout=60", "--on-permanent-error=park", "--restart-window=600",
+    "--startup-timeout=120", "--discovery-timeout=60", "--drain-delay=5", "--drain-timeout=30",
+    "--on-permanent-error=park", "--restart-window=600",
     "--restart-backoff=10", "--restart-backoff-max=300", "--log-format=text",
 ]
 EXPECTED_WORKER_ARGS = ["worker", "--health-port=8080", "--log-format=text"]

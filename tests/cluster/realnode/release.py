@@ -24,6 +24,7 @@ RELEASE = "srv"
 MOUNT = "/var/run/models"
 LWS = f"{RELEASE}-lws-triton"
 GRACE_S = 20
+DRAIN_DELAY_S = 2
 BACKOFF = {"onPermanentError": "park", "windowSeconds": 600, "backoffSeconds": 4, "backoffMaxSeconds": 8}
 RECOVERY_S = 240  # a fault -> the recreated group answering again
 CHART = Path(__file__).resolve().parents[3] / "chart"
@@ -81,6 +82,7 @@ def values(image: str, repo: str) -> dict[str, Any]:
         "terminationGracePeriodSeconds": GRACE_S,
         # short backoffs: every fault of these tests is a failure of the group within one window
         "restarts": BACKOFF,
+        "drain": {"delaySeconds": DRAIN_DELAY_S, "timeoutSeconds": 5},
     }
 
 

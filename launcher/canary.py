@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 from .config import CanaryConfig
 
@@ -45,7 +46,9 @@ class Canary:
                 "restarted")
 
     def _run(self) -> None:
-        while not self._stop.wait(self.config.interval_s):
+        next_at = time.monotonic() + self.config.interval_s
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            next_at += self.config.interval_s  # a fixed rate, whatever the last canary waited
             why = self._ask()
             if why is None:
                 self.missed = 0

@@ -7,6 +7,7 @@ The tests share one release and run in file order: each fault starts from a serv
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -102,11 +103,16 @@ def test_rank_killed_in_the_worker_container(served: Served) -> None:
     assert_clean(s, pods)
 
 
-def test_leader_pod_deleted_stops_every_rank_and_exits_0(served: Served) -> None:
+def test_leader_pod_deleted_drains_stops_every_rank_and_exits_0(served: Served) -> None:
     s = served
     leader, worker = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
-    t0 = time.time()
-    s.core.delete_namespaced_pod(leader.metadata.name, s.ns)
+    host = s.service_ip()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # in flight through the Service at the delete
+        in_flight = [pool.submit(slow_answer, host, float(i), 1.0) for i in range(4)]
+        time.sleep(0.5)
+        t0 = time.time()
+        s.core.delete_namespaced_pod(leader.metadata.name, s.ns)
+        assert [f.result(timeout=60) for f in in_flight] == [(expected_output([float(i)], 2), 2) for i in range(4)]
     ended = wait_for("the leader container's exit", lambda: s.exits.of(leader.metadata.uid), s.describe, GRACE_S + 10)
     assert [(e.container, e.exit_code) for e in ended] == [("leader", 0)], ended
     assert ended[0].finished - t0 < GRACE_S, f"took {ended[0].finished - t0:.1f}s of the {GRACE_S}s grace"
@@ -221,6 +227,19 @@ def kubectl_exec(s: Served, pod: str, argv: list[str]) -> subprocess.CompletedPr
         pytest.skip(f"kubectl not found: {INSTALL_HINT}")
     return subprocess.run([str(kubectl), "--kubeconfig", str(s.cluster.kubeconfig), "-n", s.ns, "exec", pod, "--",
                            *argv], capture_output=True, text=True, timeout=60)
+
+
+def slow_answer(host: str, value: float, seconds: float) -> tuple[list[float], int]:
+    """A toy request that keeps rank 0 busy ``seconds`` (its delay_s fault switch)."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(f"{host}:8000", network_timeout=60)
+    tensor = httpclient.InferInput("INPUT", [1], "FP32")
+    tensor.set_data_from_numpy(np.asarray([value], dtype=np.float32))
+    result = client.infer("toy_tp", [tensor], parameters={"delay_s": seconds})
+    client.close()
+    return result.as_numpy("OUTPUT").tolist(), int(result.as_numpy("RANKS")[0])
 
 
 def signal_process(pid: int, sig: signal.Signals) -> None:

@@ -27,6 +27,7 @@ class Canary:
         self.body = json.dumps({"inputs": json.loads(config.inputs)}).encode()
         self.missed = 0  # in a row
         self.last_miss = ""
+        self._answers_told: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="canary", daemon=True)
 
@@ -66,8 +67,11 @@ class Canary:
             connection.request("POST", self.path, body=self.body, headers={"Content-Type": "application/json"})
             response = connection.getresponse()
             text = response.read()
-            if response.status != 200:
-                log.warning("canary answered %d: %s", response.status, text[:200].decode(errors="replace"))
+            if response.status != 200 and response.status not in self._answers_told:
+                self._answers_told.add(response.status)  # once per status: it repeats every interval
+                log.warning("the canary's request is refused (%d: %s); it still proves rank 0 answers, but "
+                            "check --canary-model/--canary-inputs", response.status,
+                            text[:200].decode(errors="replace"))
             return None
         except TimeoutError:
             return f"no answer within {self.config.deadline_s:g}s"

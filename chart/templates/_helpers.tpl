@@ -110,6 +110,9 @@ only; prints nothing.
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail (printf "autoscaling.minReplicas (%d) is greater than autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- end }}
+{{- if and .Values.canary.model (ge (int .Values.canary.deadlineSeconds) (int .Values.canary.intervalSeconds)) }}
+{{- fail (printf "canary.deadlineSeconds (%d) must be shorter than canary.intervalSeconds (%d): canaries never overlap" (int .Values.canary.deadlineSeconds) (int .Values.canary.intervalSeconds)) }}
+{{- end }}
 {{- $stop := add (int .Values.drain.delaySeconds) (int .Values.drain.timeoutSeconds) 10 }}
 {{- if gt $stop (int .Values.terminationGracePeriodSeconds) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) is shorter than a drained stop: drain.delaySeconds (%d) + drain.timeoutSeconds (%d) + 10 s for the ranks to stop = %d; raise terminationGracePeriodSeconds or shorten the drain" (int .Values.terminationGracePeriodSeconds) (int .Values.drain.delaySeconds) (int .Values.drain.timeoutSeconds) $stop) }}
@@ -141,6 +144,11 @@ from LWS itself (LWS_GROUP_SIZE).
   (printf "--discovery-timeout=%d" (int $v.startup.discoveryTimeoutSeconds))
   (printf "--drain-delay=%d" (int $v.drain.delaySeconds))
   (printf "--drain-timeout=%d" (int $v.drain.timeoutSeconds))
+  (printf "--canary-model=%s" $v.canary.model)
+  (printf "--canary-inputs=%s" $v.canary.inputs)
+  (printf "--canary-interval=%d" (int $v.canary.intervalSeconds))
+  (printf "--canary-deadline=%d" (int $v.canary.deadlineSeconds))
+  (printf "--canary-misses=%d" (int $v.canary.misses))
   (printf "--on-permanent-error=%s" $v.restarts.onPermanentError)
   (printf "--restart-window=%d" (int $v.restarts.windowSeconds))
   (printf "--restart-backoff=%d" (int $v.restarts.backoffSeconds))

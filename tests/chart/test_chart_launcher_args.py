@@ -10,7 +10,18 @@ from typing import Any
 
 import click
 import pytest
-from chart_helpers import ALL_OPTIONS, CI_VALUES, TUTORIAL, Helm, ci_values_id, container, one, pod_templates
+import yaml
+from chart_helpers import (
+    ALL_OPTIONS,
+    CHART,
+    CI_VALUES,
+    TUTORIAL,
+    Helm,
+    ci_values_id,
+    container,
+    one,
+    pod_templates,
+)
 
 # What the downward API and LWS put into the leader's environment at run time.
 RUNTIME_ENV = {
@@ -105,11 +116,17 @@ def test_tutorial_args_mean_the_tutorial_topology(helm: Helm,
         "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002",
         "--health-port", "8080",
         "--startup-timeout", "1800", "--discovery-timeout", "600", "--log-format", "text",
-        "--drain-delay", "5", "--drain-timeout", "30",
+        "--drain-delay", "5", "--drain-timeout", "30", *canary_flags(),
     ]
     assert comparable(config) == comparable(parse_with_env(monkeypatch, reference, env))
     moved = [arg if arg != "--http-port=8000" else "--http-port=8100" for arg in argv]
     assert comparable(config) != comparable(parse_with_env(monkeypatch, moved, env))
+
+
+def canary_flags() -> list[str]:
+    """The chart's default canary (values.yaml), as flags."""
+    canary = yaml.safe_load((CHART / "values.yaml").read_text())["canary"]
+    return ["--canary-model", canary["model"], "--canary-inputs", canary["inputs"]]
 
 
 def test_launcher_rejects_a_group_size_the_chart_did_not_compute(
@@ -139,7 +156,7 @@ def test_all_options_args_mean_the_values(helm: Helm, monkeypatch: pytest.Monkey
         "-v", "--env", "NCCL_DEBUG=INFO", "--iso8601",
         "--enable_nsys", "--nsys-output", "/mnt/models/nsys", "--preflight",
         "--env", "FI_EFA_USE_DEVICE_RDMA=1", "--env", "NCCL_PROTO=simple",
-        "--drain-delay", "5", "--drain-timeout", "30",
+        "--drain-delay", "5", "--drain-timeout", "30", *canary_flags(),
     ]
     assert comparable(config) == comparable(parse_with_env(monkeypatch, reference, env))
     quiet = [arg for arg in argv if arg != "--iso8601"]

@@ -131,6 +131,9 @@ def test_long_release_names_leave_room_for_lws_pod_names(helm: Helm) -> None:
         pytest.param(("drain.delaySeconds=-1",), "/drain/delaySeconds", id="negative-drain-delay"),
         pytest.param(("restarts.onPermanentError=retry",), "/restarts/onPermanentError", id="permanent-enum"),
         pytest.param(("restarts.backoffSeconds=0",), "/restarts/backoffSeconds", id="zero-backoff"),
+        pytest.param(("canary.deadlineSeconds=30",), "canary.deadlineSeconds (30) must be shorter than "
+                     "canary.intervalSeconds (30)", id="canary-overlap"),
+        pytest.param(("canary.model=a/b",), "/canary/model", id="canary-model-name"),
     ],
 )
 def test_invalid_values_fail_with_the_intended_message(helm: Helm, sets: tuple[str, ...],

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
-from tests.chart.chart_helpers import INSTALL_HINT, find_tool
+from tests.chart.chart_helpers import CHART, INSTALL_HINT, find_tool
 from tests.chart.chart_helpers import LWS_GROUP_KEY as GROUP_KEY
 from tests.chart.chart_helpers import LWS_NAME as NAME
 from tests.chart.chart_helpers import LWS_WORKER_INDEX as WORKER_INDEX
@@ -25,6 +26,7 @@ from tests.integration.launch import expected_output, infer, private_repo, wait_
 pytestmark = pytest.mark.cluster
 
 MODEL_REPO = "/var/run/models/toy/triton_model_repo"
+DEFAULT_CANARY_INPUTS = yaml.safe_load((CHART / "values.yaml").read_text())["canary"]["inputs"]
 VENV_BIN = Path(sys.executable).parent
 # Values that fit the test cluster (4 nodes of 8 "GPUs", one pod per node): a group of 2 pods.
 VALUES = {
@@ -40,7 +42,8 @@ EXPECTED_LEADER_ARGS = [
     "leader", "--tp=2", "--pp=1", "--gpus-per-pod=1", f"--model-repo={MODEL_REPO}", "--model=tensorrt_llm",
     "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--health-port=8080",
     "--startup-timeout=120", "--discovery-timeout=60", "--drain-delay=5", "--drain-timeout=30",
-    "--on-permanent-error=park", "--restart-window=600",
+    "--canary-model=ensemble", f"--canary-inputs={DEFAULT_CANARY_INPUTS}", "--canary-interval=30",
+    "--canary-deadline=10", "--canary-misses=3", "--on-permanent-error=park", "--restart-window=600",
     "--restart-backoff=10", "--restart-backoff-max=300", "--log-format=text",
 ]
 EXPECTED_WORKER_ARGS = ["worker", "--health-port=8080", "--log-format=text"]

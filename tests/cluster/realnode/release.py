@@ -15,6 +15,7 @@ from kubernetes import client
 
 from cluster.controlplane import Cluster
 from cluster.realnode import NODE_LABEL, TAINT, RealNodes
+from launcher.cli.local import EXAMPLE_CANARY
 from tests.cluster.helm import Release, describe, provide_claim, release_pods
 from tests.cluster.lws import wait_for
 from tests.cluster.realnode.pods import ExitRecorder
@@ -83,6 +84,8 @@ def values(image: str, repo: str) -> dict[str, Any]:
         # short backoffs: every fault of these tests is a failure of the group within one window
         "restarts": BACKOFF,
         "drain": {"delaySeconds": DRAIN_DELAY_S, "timeoutSeconds": 5},
+        "canary": {"model": "toy_tp", "inputs": EXAMPLE_CANARY, "intervalSeconds": 10, "deadlineSeconds": 5,
+                   "misses": 3},
     }
 
 

@@ -10,12 +10,12 @@ wedge is caught within interval x misses + deadline.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 
 from .config import CanaryConfig
+from .inference import send
 
 log = logging.getLogger("launcher.canary")
 
@@ -23,8 +23,6 @@ log = logging.getLogger("launcher.canary")
 class Canary:
     def __init__(self, port: int, config: CanaryConfig) -> None:
         self.port, self.config = port, config
-        self.path = f"/v2/models/{config.model}/infer"
-        self.body = json.dumps({"inputs": json.loads(config.inputs)}).encode()
         self.missed = 0  # in a row
         self.last_miss = ""
         self._answers_told: set[int] = set()
@@ -62,20 +60,15 @@ class Canary:
         """None when rank 0 answered (whatever it answered), else why not."""
         import http.client
 
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.config.deadline_s)
         try:
-            connection.request("POST", self.path, body=self.body, headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            text = response.read()
-            if response.status != 200 and response.status not in self._answers_told:
-                self._answers_told.add(response.status)  # once per status: it repeats every interval
-                log.warning("the canary's request is refused (%d: %s); it still proves rank 0 answers, but "
-                            "check --canary-model/--canary-inputs", response.status,
-                            text[:200].decode(errors="replace"))
-            return None
+            status, text = send("127.0.0.1", self.port, self.config.model, self.config.inputs,
+                                self.config.deadline_s)
         except TimeoutError:
             return f"no answer within {self.config.deadline_s:g}s"
         except (OSError, http.client.HTTPException) as exc:
             return f"{type(exc).__name__}: {exc}"
-        finally:
-            connection.close()
+        if status != 200 and status not in self._answers_told:
+            self._answers_told.add(status)  # once per status: it repeats every interval
+            log.warning("the canary's request is refused (%d: %s); it still proves rank 0 answers, but "
+                        "check --canary-model/--canary-inputs", status, text[:200].decode(errors="replace"))
+        return None

@@ -27,6 +27,7 @@ class ExitCode(enum.IntEnum):
     PREFLIGHT_FAILED = 80  # the fabric check found a rank, GPU or link at fault
     FORBIDDEN = 81  # the API server refused the launcher's credentials or RBAC permissions
     HUNG = 82  # rank 0 answered no canary inference in time: a rank is stuck
+    NO_ANSWER = 83  # launcher infer (helm test): no well-formed answer to the inference
     INTERRUPTED = 130  # stopped by a signal before the launch was complete
 
 

@@ -159,6 +159,11 @@ def rank_argv(config: LaunchConfig, triton: TritonCommand, rank: int) -> tuple[s
     return _triton_words(config, triton, str(rank), serves=rank == 0)
 
 
+def nsys_report_dir(config: LaunchConfig) -> str:
+    """Reports of one group: <output>/<leader pod name>, so groups and releases sharing a volume never collide."""
+    return f"{config.nsys.output_dir.rstrip('/')}/{config.pod_name or 'local'}"
+
+
 def _triton_words(config: LaunchConfig, triton: TritonCommand, rank: str, serves: bool) -> tuple[str, ...]:
     argv = [
         triton.binary,
@@ -193,7 +198,7 @@ def _triton_words(config: LaunchConfig, triton: TritonCommand, rank: str, serves
         argv = [
             config.nsys.binary,
             "profile",
-            f"--output={config.nsys.output_dir.rstrip('/')}/rank{rank}",
+            f"--output={nsys_report_dir(config)}/rank{rank}",
             f"--trace={config.nsys.trace}",
             "--force-overwrite=true",
         ] + argv
@@ -212,7 +217,8 @@ def rank_script(config: LaunchConfig, triton: TritonCommand, program: tuple[str,
         return f"exec {_shell_words(program)}"
     serve = _shell_words(_triton_words(config, triton, _RANK, serves=True))
     model = _shell_words(_triton_words(config, triton, _RANK, serves=False))
-    return f'r="${RANK_VAR}"; if [ "$r" = 0 ]; then exec {serve}; fi; exec {model}'
+    mkdir = f"mkdir -p {shlex.quote(nsys_report_dir(config))}; " if config.nsys.enabled else ""
+    return f'r="${RANK_VAR}"; {mkdir}if [ "$r" = 0 ]; then exec {serve}; fi; exec {model}'
 
 
 def forwarded_names(config: LaunchConfig, environ: Mapping[str, str]) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""``launcher``: leader, worker, local and dry-run.
+"""``launcher``: leader, worker, local, dry-run, preflight and infer.
 
 ``main`` turns every user-facing failure into one line on stderr and a
 distinct exit code (see ``launcher.errors.ExitCode``); never a traceback.
@@ -22,7 +22,7 @@ __all__ = ["cli", "main", "parse_leader_args"]
 # Each command's module is imported only when that command runs: a launch starts sooner without the
 # other commands' imports (a worker needs no mpirun plan, a local run no Kubernetes client).
 COMMANDS = {"leader": "leader:leader", "worker": "worker:worker", "local": "local:local",
-            "dry-run": "dry_run:dry_run", "preflight": "preflight:preflight"}
+            "dry-run": "dry_run:dry_run", "preflight": "preflight:preflight", "infer": "infer:infer"}
 
 
 class LazyGroup(click.Group):

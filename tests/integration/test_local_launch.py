@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from launcher.cli.local import EXAMPLE_CANARY, EXAMPLE_MODEL
 from launcher.errors import ExitCode
 from tests.integration.launch import (
     LocalLaunch,
@@ -42,6 +45,7 @@ def test_every_rank_contributes_to_the_answer(ranks: int, tmp_path: Path, launch
     values = [1.0, -2.5, 4.0]
     assert infer(launch.ports.http, values) == (expected_output(values, ranks), ranks)
     assert infer(launch.ports.grpc, [3.0], protocol="grpc") == (expected_output([3.0], ranks), ranks)
+    assert_launcher_infer(launch.ports.http)
     assert launch.stop() == 0
     assert launch.leftovers() == []
 
@@ -94,3 +98,14 @@ def test_missing_nsys_is_reported_before_anything_starts(tmp_path: Path) -> None
     assert launch.proc.wait(timeout=30) == 69
     assert "--nsys-binary=/no/nsys: Nsight Systems not found" in launch.log.read_text()
     assert launch.leftovers() == []
+
+
+def assert_launcher_infer(port: int) -> None:
+    """`launcher infer` (the chart's helm test) against real Triton: a good answer passes, a refusal fails."""
+    def run(model: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "launcher", "infer", f"--url=127.0.0.1:{port}",
+                               f"--model={model}", f"--inputs={EXAMPLE_CANARY}"], capture_output=True, text=True)
+    good, missing = run(EXAMPLE_MODEL), run("no_such_model")
+    assert (good.returncode, good.stdout) == (0, f"{EXAMPLE_MODEL} answered: OUTPUT FP32[1], RANKS INT32[1]\n"), good
+    assert missing.returncode == ExitCode.NO_ANSWER and missing.stderr.count("\n") == 1, missing
+    assert "no_such_model refused the inference (404" in missing.stderr

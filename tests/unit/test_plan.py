@@ -75,7 +75,7 @@ def test_rank_script_runs_exactly_each_ranks_displayed_command(tmp_path: Path) -
     printer.write_text('#!/bin/sh\nfor word in "$0" "$@"; do printf "%s\\0" "$word"; done\n')
     printer.chmod(0o755)
     config = LaunchConfig(tp=4, gpus_per_pod=2, model="it's \"quoted\" $HOME", iso8601=True,
-                          nsys=NsysConfig(enabled=True, binary=str(printer), output_dir="/o u t"))
+                          nsys=NsysConfig(enabled=True, binary=str(printer), output_dir=str(tmp_path / "o u t")))
     plan = build_plan(config, lws_members("g", 0, 2), V4, triton=TritonCommand(str(printer), "/b dir"),
                       environ={}, launch_id="i", is_root=False, agent="kubessh")
     script = plan.argv[plan.argv.index("-c") + 1]
@@ -176,9 +176,22 @@ def test_nsys_wraps_every_rank() -> None:
     nsys = NsysConfig(enabled=True, binary="/opt/nsys/bin/nsys", output_dir="/out/", trace="cuda,nvtx")
     _, plan = plan_for(1, 2, V5, nsys=nsys)
     for rank in plan.ranks:
-        assert rank.argv[:5] == ("/opt/nsys/bin/nsys", "profile", f"--output=/out/rank{rank.rank}",
+        assert rank.argv[:5] == ("/opt/nsys/bin/nsys", "profile", f"--output=/out/local/rank{rank.rank}",
                                  "--trace=cuda,nvtx", "--force-overwrite=true")
         assert rank.argv[5] == "tritonserver"
+
+
+def test_nsys_reports_are_kept_per_group(tmp_path: Path) -> None:
+    """Groups and releases sharing one volume write under their leader's pod name; the directory is made."""
+    nsys = NsysConfig(enabled=True, output_dir=str(tmp_path))
+    config = LaunchConfig(tp=2, gpus_per_pod=1, nsys=nsys, pod_name="llama-3", lws_name="llama")
+    plan = build_plan(config, lws_members("llama", 3, 2), V5, triton=TritonCommand("true", None), environ={},
+                      launch_id="i", is_root=False, agent="kubessh")
+    assert {rank.argv[2] for rank in plan.ranks} == {f"--output={tmp_path}/llama-3/rank0",
+                                                     f"--output={tmp_path}/llama-3/rank1"}
+    script = plan.argv[plan.argv.index("-c") + 1]
+    subprocess.run(["sh", "-c", script.split("if [")[0], "rank"], env={"OMPI_COMM_WORLD_RANK": "1"}, check=True)
+    assert (tmp_path / "llama-3").is_dir()
 
 
 def test_backend_directory_and_iso8601() -> None:

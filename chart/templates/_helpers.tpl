@@ -41,6 +41,9 @@ helm.sh/chart: {{ include "lws-triton.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -66,8 +69,12 @@ Service account the pods run as.
 Image reference.
 */}}
 {{- define "lws-triton.image" -}}
-{{- $repo := required "image.repository is required: the registry/repository you pushed the image built from triton_trt-llm.containerfile to" .Values.image.repository }}
-{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) }}
+{{- $image := .Values.image }}
+{{- $repo := required "image.repository is required: the registry/repository you pushed the image built from triton_trt-llm.containerfile to" $image.repository }}
+{{- if not (or $image.tag $image.digest) }}
+{{- fail "image.tag is required (or image.digest): the tag you pushed the image built from triton_trt-llm.containerfile as; the chart's own version is no tag of that image" }}
+{{- end }}
+{{- $repo }}{{ with $image.tag }}:{{ . }}{{ end }}{{ with $image.digest }}@{{ . }}{{ end }}
 {{- end }}
 
 {{/*
@@ -95,7 +102,7 @@ only; prints nothing.
 {{- define "lws-triton.validate" -}}
 {{- $fullname := include "lws-triton.fullname" . }}
 {{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $fullname) }}
-{{- fail (printf "object name %q is not a DNS-1035 label (LWS names its headless Service after the LeaderWorkerSet): use a release name that starts with a letter, or set fullnameOverride" $fullname) }}
+{{- fail (printf "object name %q is not a DNS-1035 label (LWS names its headless Service after the LeaderWorkerSet): it may hold only lowercase letters, digits and '-' (no '.' or '_'), start with a letter and end with a letter or digit; choose such a release name (e.g. %s) or set fullnameOverride" $fullname (regexReplaceAll "^[^a-z]+" (regexReplaceAll "[^a-z0-9-]" (lower .Release.Name) "-") "")) }}
 {{- end }}
 {{- $_ := include "lws-triton.groupSize" . }}
 {{- $_ := include "lws-triton.image" . }}
@@ -116,6 +123,21 @@ only; prints nothing.
 {{- $stop := add (int .Values.drain.delaySeconds) (int .Values.drain.timeoutSeconds) 10 }}
 {{- if gt $stop (int .Values.terminationGracePeriodSeconds) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) is shorter than a drained stop: drain.delaySeconds (%d) + drain.timeoutSeconds (%d) + 10 s for the ranks to stop = %d; raise terminationGracePeriodSeconds or shorten the drain" (int .Values.terminationGracePeriodSeconds) (int .Values.drain.delaySeconds) (int .Values.drain.timeoutSeconds) $stop) }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- $window := int (dig "scaleDown" "stabilizationWindowSeconds" 300 .Values.autoscaling.behavior) }}
+{{- $load := min (int .Values.startup.timeoutSeconds) 3600 }}
+{{- if lt $window $load }}
+{{- fail (printf "autoscaling.behavior.scaleDown.stabilizationWindowSeconds (%d) is shorter than a group may take to load (startup.timeoutSeconds: %d, counted up to Kubernetes' 3600 s maximum): the HPA could remove groups sooner than one loads; raise the window or lower startup.timeoutSeconds" $window (int .Values.startup.timeoutSeconds)) }}
+{{- end }}
+{{- end }}
+{{- range $name, $_ := .Values.resources.extra }}
+{{- if has $name (list "cpu" "memory" "ephemeral-storage" "nvidia.com/gpu" "vpc.amazonaws.com/efa") }}
+{{- fail (printf "resources.extra.%s: the chart sets %s from its own value (resources.cpu/cpuLimit, resources.memory, resources.ephemeralStorage, gpuPerNode, resources.efa); set it there, extra is for other resources" $name $name) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.gpu .Values.affinity.nodeAffinity }}
+{{- fail (printf "gpu (%s) and affinity.nodeAffinity are both set: the chart turns gpu into node affinity; put the nvidia.com/gpu.product term into affinity.nodeAffinity and leave gpu empty, or drop affinity.nodeAffinity" .Values.gpu) }}
 {{- end }}
 {{- $ports := list (int .Values.ports.http) (int .Values.ports.grpc) (int .Values.ports.metrics) (int .Values.ports.launcher) }}
 {{- if ne (len (uniq $ports)) 4 }}
@@ -162,10 +184,10 @@ from LWS itself (LWS_GROUP_SIZE).
 {{- end }}
 {{- if $v.nsys.enabled }}
 {{- $out := required "nsys.outputPath is required when nsys.enabled is true" $v.nsys.outputPath }}
-{{- $args = concat $args (list "--nsys" (printf "--nsys-output=%s" $out)) }}
+{{- $args = concat $args (list "--nsys" (printf "--nsys-output=%s" $out) (printf "--nsys-binary=%s" $v.nsys.binary)) }}
 {{- end }}
 {{- if $v.preflight.enabled }}
-{{- $args = append $args "--preflight" }}
+{{- $args = concat $args (list "--preflight" (printf "--preflight-deadline=%d" (int $v.preflight.deadlineSeconds))) }}
 {{- end }}
 {{- range $key, $value := $v.rankEnv }}
 {{- $args = append $args (printf "--env=%s=%s" $key $value) }}
@@ -225,8 +247,12 @@ securityContext:
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- if .Values.gpu }}
+{{- if or .Values.gpu .Values.affinity }}
 affinity:
+  {{- with .Values.affinity }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+  {{- if .Values.gpu }}
   nodeAffinity:
     requiredDuringSchedulingIgnoredDuringExecution:
       nodeSelectorTerms:
@@ -235,6 +261,15 @@ affinity:
               operator: In
               values:
                 - {{ .Values.gpu | quote }}
+  {{- end }}
+{{- end }}
+{{- with .Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.initContainers }}
+initContainers:
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 tolerations:
   - key: nvidia.com/gpu
@@ -251,6 +286,9 @@ volumes:
     emptyDir:
       medium: Memory
       sizeLimit: {{ .Values.shmSize }}
+  {{- with .Values.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/*
@@ -270,21 +308,26 @@ securityContext:
 {{- end }}
 resources:
   requests:
+    cpu: {{ .Values.resources.cpu | quote }}
     {{- include "lws-triton.resourceList" . | nindent 4 }}
   limits:
+    cpu: {{ default .Values.resources.cpu .Values.resources.cpuLimit | quote }}
     {{- include "lws-triton.resourceList" . | nindent 4 }}
 volumeMounts:
   - name: model-repository
     mountPath: {{ .Values.modelRepository.mountPath }}
   - name: dshm
     mountPath: /dev/shm
+  {{- with .Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/*
-Resources of one pod; requests equal limits (GPUs and EFA must).
+Resources of one pod other than CPU; requests equal limits (GPUs, EFA, other
+extended resources and huge pages must).
 */}}
 {{- define "lws-triton.resourceList" -}}
-cpu: {{ .Values.resources.cpu | quote }}
 memory: {{ .Values.resources.memory | quote }}
 {{- with .Values.resources.ephemeralStorage }}
 ephemeral-storage: {{ . | quote }}
@@ -293,6 +336,21 @@ nvidia.com/gpu: {{ int .Values.gpuPerNode | quote }}
 {{- if gt (int .Values.resources.efa) 0 }}
 vpc.amazonaws.com/efa: {{ int .Values.resources.efa | quote }}
 {{- end }}
+{{- range $name, $quantity := .Values.resources.extra }}
+{{ $name }}: {{ $quantity | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Seconds the launcher may spend before it gives up on a start: discovery (the
+pods appear), readiness (each can be exec'd into; the same timeout), the
+preflight's deadline when on, and startup (rank 0 ready). Its own timeouts end
+a start, not the kubelet's probes.
+*/}}
+{{- define "lws-triton.launchBudget" -}}
+{{- $discovery := int .Values.startup.discoveryTimeoutSeconds }}
+{{- $preflight := ternary (int .Values.preflight.deadlineSeconds) 0 .Values.preflight.enabled }}
+{{- add $discovery $discovery $preflight (int .Values.startup.timeoutSeconds) }}
 {{- end }}
 
 {{/*

@@ -141,6 +141,7 @@ def test_all_options_args_mean_the_values(helm: Helm, monkeypatch: pytest.Monkey
     config = parse_with_env(monkeypatch, argv, env)
     assert (config.tp, config.pp, config.gpus_per_pod, config.group_size) == (8, 4, 8, 4)
     assert config.nsys.enabled and config.nsys.output_dir == "/mnt/models/nsys"
+    assert config.nsys.binary == "/opt/nvidia/nsight-systems/bin/nsys" and config.preflight.deadline_s == 240
     assert config.iso8601 and config.triton_log_verbose == 1
     assert dict(config.extra_env) == {
         "NCCL_DEBUG": "INFO", "FI_EFA_USE_DEVICE_RDMA": "1", "NCCL_PROTO": "simple"}
@@ -154,7 +155,8 @@ def test_all_options_args_mean_the_values(helm: Helm, monkeypatch: pytest.Monkey
         "--health-port", "9080",
         "--startup-timeout", "3600", "--discovery-timeout", "300", "--log-format", "json",
         "-v", "--env", "NCCL_DEBUG=INFO", "--iso8601",
-        "--enable_nsys", "--nsys-output", "/mnt/models/nsys", "--preflight",
+        "--enable_nsys", "--nsys-output", "/mnt/models/nsys", "--nsys-binary", "/opt/nvidia/nsight-systems/bin/nsys",
+        "--preflight", "--preflight-deadline", "240",
         "--env", "FI_EFA_USE_DEVICE_RDMA=1", "--env", "NCCL_PROTO=simple",
         "--drain-delay", "5", "--drain-timeout", "30", *canary_flags(),
     ]
@@ -178,3 +180,53 @@ def test_rendered_worker_args_parse(helm: Helm, values_file: Path) -> None:
         assert ctx.params["log_format"] in ("text", "json")
     with pytest.raises(click.NoSuchOption):
         worker.make_context("worker", [*args[1:], "--no-such-flag"])
+
+
+def launcher_worst_case_s(config: Any) -> float:
+    """How long the launcher itself may spend on a start before it gives up: discovery (pods appear),
+    readiness (each reachable; the same timeout), the preflight deadline when on, and startup."""
+    preflight = config.preflight.deadline_s if config.preflight.enabled else 0.0
+    return 2 * config.discovery_timeout_s + preflight + config.startup_timeout_s
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=ci_values_id)
+def test_no_probe_can_kill_a_start_the_launcher_still_allows(helm: Helm, values_file: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every probe that restarts the leader either asks /healthz, which the launcher answers from its
+    first second in every phase (tests/unit/test_leader_health.py), or gives the launcher's whole
+    worst case computed from the same rendered arguments, plus a minute."""
+    argv, env = rendered_leader(helm, values_file)
+    worst = launcher_worst_case_s(parse_with_env(monkeypatch, argv, env))
+    leader = container(pod_templates(one(helm.template(values=(values_file,)), "LeaderWorkerSet"))["leader"])
+    for name in ("startupProbe", "livenessProbe"):
+        probe = leader[name]
+        budget = probe["initialDelaySeconds"] + probe["periodSeconds"] * probe["failureThreshold"]
+        asks_liveness = probe["httpGet"] == {"path": "/healthz", "port": "launcher"}
+        assert asks_liveness or budget >= worst + 60, f"{name}: {budget}s against the launcher's {worst:g}s"
+        assert budget >= 20, f"{name}: {budget}s is too short for the launcher to start answering"
+
+
+@pytest.mark.parametrize("values_file", [TUTORIAL, ALL_OPTIONS], ids=ci_values_id)
+def test_helm_test_hook_runs_launcher_infer_on_the_service(helm: Helm, values_file: Path) -> None:
+    from launcher.cli.infer import infer
+
+    docs = helm.template(values=(values_file,))
+    pod = next(doc for doc in docs if doc["kind"] == "Pod")
+    service = one(docs, "Service")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    test = container(pod)
+    assert test["command"] == ["launcher"] and test["args"][0] == "infer"
+    with infer.make_context("infer", list(test["args"][1:])) as ctx:
+        params = ctx.params
+    port = service["spec"]["ports"][0]["port"]
+    assert params["url"] == f"{service['metadata']['name']}:{port}"
+    values = yaml.safe_load(values_file.read_text())
+    canary = {**yaml.safe_load((CHART / "values.yaml").read_text())["canary"], **values.get("canary", {})}
+    assert (params["model"], params["inputs"]) == (canary["model"], canary["inputs"])
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"].get("nodeSelector") == values.get("nodeSelector")
+
+
+def test_helm_test_hook_needs_a_service_and_a_model(helm: Helm) -> None:
+    for sets in [("service.enabled=false",), ("canary.model=",), ("helmTest.enabled=false",)]:
+        assert not [doc for doc in helm.template(sets=sets) if doc["kind"] == "Pod"], sets

@@ -68,6 +68,8 @@ def test_renders_exactly_the_enabled_objects(any_helm: Helm, values_file: Path) 
         expected.add("PodMonitor")
     if values["monitoring"]["prometheusRule"]["enabled"]:
         expected.add("PrometheusRule")
+    if values["helmTest"]["enabled"] and values["service"]["enabled"] and values["canary"]["model"]:
+        expected.add("Pod")  # the helm test hook
 
     docs = any_helm.template(values=(values_file,))
     kinds = [doc["kind"] for doc in docs]
@@ -205,8 +207,8 @@ def test_schema_and_values_yaml_have_the_same_keys() -> None:
 
     def walk(node: dict[str, Any], spec: dict[str, Any], path: str) -> None:
         properties = spec.get("properties")
-        if properties is None or not isinstance(node, dict):
-            return
+        if properties is None or not isinstance(node, dict) or not node:
+            return  # a leaf, or a map that is empty by default (every key optional, like affinity)
         assert spec.get("additionalProperties") is False, f"{path or '/'} must be closed"
         assert set(node) == set(properties) == set(spec.get("required", [])), path or "/"
         for key, value in node.items():
@@ -229,7 +231,13 @@ def test_notes_give_the_next_commands(helm: Helm) -> None:
     assert "2 pod(s) x 4 GPU(s), tensor parallel 4 x pipeline parallel 2" in notes
     assert "kubectl get leaderworkerset alpha-lws-triton -n serving" in notes
     assert "kubectl logs -n serving -f alpha-lws-triton-0" in notes
-    assert "kubectl get service alpha-lws-triton-api -n serving" in notes
+    assert "kubectl port-forward -n serving service/alpha-lws-triton-api 8000:8000" in notes
+    assert "helm test alpha -n serving" in notes
+    assert "A group gives up a start after at most 3000 s: discovery 600 s + readiness 600 s + startup 1800 s" in notes
+    assert "Triton has no authentication" not in notes
+    exposed = install_notes(helm, "--set", "service.type=LoadBalancer")
+    assert "kubectl get service alpha-lws-triton-api -n serving" in exposed
+    assert "WARNING: service.type is LoadBalancer" in exposed and "Triton has no authentication" in exposed
     assert "/v2/models/ensemble/generate" in notes
     assert "kubectl get hpa alpha-lws-triton -n serving" in notes
 

@@ -134,6 +134,34 @@ def test_long_release_names_leave_room_for_lws_pod_names(helm: Helm) -> None:
         pytest.param(("canary.deadlineSeconds=30",), "canary.deadlineSeconds (30) must be shorter than "
                      "canary.intervalSeconds (30)", id="canary-overlap"),
         pytest.param(("canary.model=a/b",), "/canary/model", id="canary-model-name"),
+        pytest.param(("image.tag=",), "image.tag is required (or image.digest)", id="no-image-tag"),
+        pytest.param(("image.digest=latest",), "/image/digest", id="bad-digest"),
+        pytest.param(("resources.cpuLimit=lots",), "/resources/cpuLimit", id="bad-cpu-limit"),
+        pytest.param(("resources.extra.hugepages-2Mi=lots",), "/resources/extra", id="bad-extra-quantity"),
+        pytest.param(("resources.extra.cpu=2",), "resources.extra.cpu: the chart sets cpu from its own value",
+                     id="extra-repeats-cpu"),
+        pytest.param(("probes.leader.startup.periodSeconds=0",), "/probes/leader/startup/periodSeconds",
+                     id="zero-probe-period"),
+        pytest.param(("probes.leader.liveness.path=/readyz",), "/probes/leader/liveness",
+                     id="probe-handler-is-not-a-value"),
+        pytest.param(("extraVolumes[0].emptyDir.medium=Memory",), "/extraVolumes/0", id="volume-without-name"),
+        pytest.param(("extraVolumeMounts[0].name=x", "extraVolumeMounts[0].mountPath=relative"),
+                     "/extraVolumeMounts/0/mountPath", id="relative-mount"),
+        pytest.param(("initContainers[0].name=stage",), "/initContainers/0", id="init-without-image"),
+        pytest.param(("topologySpreadConstraints[0].maxSkew=1",), "/topologySpreadConstraints/0",
+                     id="spread-without-key"),
+        pytest.param(("affinity.nodeSelector.a=b",), "/affinity", id="affinity-unknown-kind"),
+        pytest.param(("affinity.nodeAffinity.x=y",), "gpu (NVIDIA-A10G) and affinity.nodeAffinity are both set",
+                     id="gpu-and-node-affinity"),
+        pytest.param(("commonLabels.team=1",), "/commonLabels/team", id="label-not-a-string"),
+        pytest.param(("nsys.binary=",), "/nsys/binary", id="no-nsys-binary"),
+        pytest.param(("helmTest.waitSeconds=-1",), "/helmTest/waitSeconds", id="negative-test-wait"),
+        pytest.param(("preflight.deadlineSeconds=0",), "/preflight/deadlineSeconds", id="zero-preflight-deadline"),
+        pytest.param(("autoscaling.behavior.scaleDown.stabilizationWindowSeconds=300",),
+                     "autoscaling.behavior.scaleDown.stabilizationWindowSeconds (300) is shorter than a group may "
+                     "take to load (startup.timeoutSeconds: 1800", id="hpa-removes-groups-too-soon"),
+        pytest.param(("autoscaling.behavior.scaleUp.policies[0].type=Groups",), "/autoscaling/behavior/scaleUp",
+                     id="hpa-policy-type"),
     ],
 )
 def test_invalid_values_fail_with_the_intended_message(helm: Helm, sets: tuple[str, ...],
@@ -145,8 +173,17 @@ def test_invalid_values_fail_with_the_intended_message(helm: Helm, sets: tuple[s
 def test_release_name_must_start_with_a_letter(helm: Helm) -> None:
     error = helm.template_error(release="7b")
     assert 'object name "7b-lws-triton" is not a DNS-1035 label' in error
+    assert "start with a letter" in error
     assert one(helm.template(release="7b", sets=("fullnameOverride=llama-7b",)),
                "LeaderWorkerSet")["metadata"]["name"] == "llama-7b"
+
+
+def test_a_dot_in_the_release_name_is_named_with_a_name_that_works(helm: Helm) -> None:
+    error = helm.template_error(release="llama-3.1-405b")
+    assert 'object name "llama-3.1-405b-lws-triton" is not a DNS-1035 label' in error
+    assert "(no '.' or '_')" in error and "(e.g. llama-3-1-405b)" in error
+    lws = one(helm.template(release="llama-3-1-405b"), "LeaderWorkerSet")
+    assert lws["metadata"]["name"] == "llama-3-1-405b-lws-triton"
 
 
 def test_default_values_need_the_required_ones(helm: Helm) -> None:

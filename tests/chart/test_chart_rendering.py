@@ -10,6 +10,7 @@ from chart_helpers import (
     Helm,
     by_kind,
     container,
+    merged_values,
     one,
     pod_labels_as_created,
     pod_templates,
@@ -74,8 +75,8 @@ def test_only_the_leader_mounts_an_api_token(helm: Helm) -> None:
 
 
 def test_leader_probes(helm: Helm) -> None:
-    leader = container(pod_templates(lws_of(
-        helm, "startup.timeoutSeconds=5400", "startup.discoveryTimeoutSeconds=600"))["leader"])
+    leader = container(pod_templates(lws_of(helm, "startup.timeoutSeconds=5400", "startup.discoveryTimeoutSeconds=600",
+                                            "autoscaling.enabled=false"))["leader"])
     ports = {port["name"]: port["containerPort"] for port in leader["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "launcher": 8080}
     # the launcher answers all three: the kubelet never races the launcher's own start-up budget
@@ -97,12 +98,62 @@ def test_worker_probes_use_the_worker_agent(helm: Helm) -> None:
     assert "--health-port=9090" in worker["args"]
 
 
-def test_resources_requests_equal_limits(helm: Helm) -> None:
+def test_resources_requests_equal_limits_by_default(helm: Helm) -> None:
     leader = container(pod_templates(lws_of(helm))["leader"])
     assert leader["resources"]["requests"] == leader["resources"]["limits"] == {
         "cpu": "4", "memory": "64Gi", "ephemeral-storage": "8Gi",
         "nvidia.com/gpu": "4", "vpc.amazonaws.com/efa": "1",
     }
+
+
+def test_cpu_limit_and_extra_resources(helm: Helm) -> None:
+    for template in pod_templates(lws_of(helm, values=(ALL_OPTIONS,))).values():
+        resources = container(template)["resources"]
+        assert (resources["requests"]["cpu"], resources["limits"]["cpu"]) == ("90", "120")
+        for kind in ("requests", "limits"):  # extended resources and huge pages: requested and limited alike
+            assert resources[kind]["hugepages-2Mi"] == "5120Mi"
+            assert resources[kind]["rdma/rdma_shared_device_a"] == "1"
+            assert resources[kind]["memory"] == "900Gi"
+
+
+def test_placement_values(helm: Helm) -> None:
+    for role, template in pod_templates(lws_of(helm, values=(ALL_OPTIONS,))).items():
+        spec = template["spec"]
+        affinity = spec["affinity"]
+        assert affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"] == 100
+        terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms[0]["matchExpressions"][0]["values"] == ["NVIDIA-A100-SXM4-80GB"], role  # gpu kept
+        assert spec["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert "affinity" not in pod_templates(lws_of(helm, "gpu="))["leader"]["spec"]
+
+
+def test_extra_volumes_mounts_and_init_containers(helm: Helm) -> None:
+    for template in pod_templates(lws_of(helm, values=(ALL_OPTIONS,))).values():
+        spec = template["spec"]
+        assert [v["name"] for v in spec["volumes"]] == ["model-repository", "dshm", "local-nvme"]
+        assert [m["mountPath"] for m in container(template)["volumeMounts"]] == ["/mnt/models", "/dev/shm", "/mnt/nvme"]
+        assert [c["name"] for c in spec["initContainers"]] == ["stage-engines"]
+    assert "initContainers" not in pod_templates(lws_of(helm))["leader"]["spec"]
+
+
+def test_probe_timing_overrides_keep_what_is_asked(helm: Helm) -> None:
+    leader = container(pod_templates(lws_of(helm, values=(ALL_OPTIONS,)))["leader"])
+    assert leader["startupProbe"] == {"httpGet": {"path": "/healthz", "port": "launcher"}, "initialDelaySeconds": 0,
+                                      "periodSeconds": 5, "timeoutSeconds": 10, "failureThreshold": 24}
+    assert leader["livenessProbe"]["initialDelaySeconds"] == 5 and leader["livenessProbe"]["failureThreshold"] == 4
+    worker = container(pod_templates(lws_of(helm, "probes.worker.liveness.failureThreshold=7"))["worker"])
+    assert worker["livenessProbe"]["failureThreshold"] == 7
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "launcher"}
+
+
+def test_common_labels_on_every_object_and_an_image_digest(helm: Helm) -> None:
+    docs = helm.template(values=(ALL_OPTIONS,))
+    assert all(doc["metadata"]["labels"]["cost-center"] == "ml-serving" for doc in docs)
+    lws = one(docs, "LeaderWorkerSet")
+    digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    for template in pod_templates(lws).values():
+        assert container(template)["image"] == f"registry.example.com/triton-trtllm-lws:25.07-0.1.0@{digest}"
+        assert "cost-center" not in template["metadata"]["labels"]  # pods carry podLabels only
 
 
 def test_efa_only_when_requested(helm: Helm) -> None:
@@ -161,16 +212,16 @@ def test_quiet_by_default(helm: Helm) -> None:
 
 
 def test_service_selects_only_this_releases_leaders(helm: Helm) -> None:
-    docs = helm.template(sets=("service.type=ClusterIP",))
+    docs = helm.template()
     service, lws = one(docs, "Service"), one(docs, "LeaderWorkerSet")
-    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["type"] == "ClusterIP"  # Triton has no authentication: in-cluster by default
     assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
         ("http", 8000, "http"), ("grpc", 8001, "grpc"), ("metrics", 8002, "metrics")]
     selector = service["spec"]["selector"]
     assert selector_matches(selector, pod_labels_as_created(lws, "leader"))
     assert selector_matches(selector, pod_labels_as_created(lws, "leader", group=1))
     assert not selector_matches(selector, pod_labels_as_created(lws, "worker"))
-    assert one(helm.template(), "Service")["spec"]["type"] == "LoadBalancer"
+    assert one(helm.template(sets=("service.type=LoadBalancer",)), "Service")["spec"]["type"] == "LoadBalancer"
 
 
 def test_hpa_scales_this_leaderworkerset(helm: Helm) -> None:
@@ -184,7 +235,14 @@ def test_hpa_scales_this_leaderworkerset(helm: Helm) -> None:
     assert hpa["spec"]["metrics"] == [{"type": "Pods", "pods": {
         "metric": {"name": "triton:queue_compute:ratio"},
         "target": {"type": "AverageValue", "averageValue": "500m"}}}]
-    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 600}}
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 3600
+    assert hpa["spec"]["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 600}]
+
+
+def test_hpa_defaults_suit_groups_that_load_for_many_minutes(helm: Helm) -> None:
+    behavior = one(helm.template(), "HorizontalPodAutoscaler")["spec"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= merged_values(TUTORIAL)["startup"]["timeoutSeconds"]
+    assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
 
 
 def test_prometheus_rule_records_the_autoscaling_metric(helm: Helm) -> None:

@@ -218,8 +218,11 @@ def test_helm_test_hook_runs_launcher_infer_on_the_service(helm: Helm, values_fi
     assert test["command"] == ["launcher"] and test["args"][0] == "infer"
     with infer.make_context("infer", list(test["args"][1:])) as ctx:
         params = ctx.params
-    port = service["spec"]["ports"][0]["port"]
-    assert params["url"] == f"{service['metadata']['name']}:{port}"
+    # the kubelet's variables for the Service (its name upper-cased, '-' as '_'; the port named http)
+    prefix = service["metadata"]["name"].upper().replace("-", "_") + "_SERVICE"
+    assert service["spec"]["ports"][0]["name"] == "http"
+    assert params["url"] == f"$({prefix}_HOST):$({prefix}_PORT_HTTP)"
+    assert pod["spec"]["enableServiceLinks"] is True
     values = yaml.safe_load(values_file.read_text())
     canary = {**yaml.safe_load((CHART / "values.yaml").read_text())["canary"], **values.get("canary", {})}
     assert (params["model"], params["inputs"]) == (canary["model"], canary["inputs"])

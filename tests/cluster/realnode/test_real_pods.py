@@ -70,6 +70,17 @@ def test_install_serves_through_the_service(served: Served) -> None:
     assert_clean(s, [leader, worker])
 
 
+def test_helm_test_sends_an_inference_through_the_service(served: Served) -> None:
+    """The chart's test hook (launcher infer in the project's image) on a real node."""
+    s = served
+    wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    t0 = time.monotonic()
+    out = s.helm.helm("test", "srv", "--logs", "--timeout", "120s")
+    assert "Phase:          Succeeded" in out or "Phase: Succeeded" in out, out
+    assert "toy_tp answered: OUTPUT FP32[1], RANKS INT32[1]" in out, out
+    print(f"helm test: {time.monotonic() - t0:.1f}s")
+
+
 def test_kubessh_started_the_worker_rank_through_exec_and_holds_no_stream(served: Served) -> None:
     s = served
     leader, worker = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)

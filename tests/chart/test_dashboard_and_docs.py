@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -172,3 +174,50 @@ def test_guide_value_names_exist(key: str) -> None:
     values = yaml.safe_load((REPO / "chart" / "values.yaml").read_text())
     assert key in values
     assert f"`{key}" in GUIDE.read_text(), f"the guide does not explain {key}"
+
+
+# ---------------------------------------------------------------------------
+# The guide's dry-run recipe: helm template | docs/leader-args.py | launcher dry-run.
+
+LEADER_ARGS = REPO / "docs" / "leader-args.py"
+EXAMPLE_405B = REPO / "chart" / "ci" / "llama-405b-values.yaml"
+# Values that add leader arguments (verbose, iso8601, nsys, preflight, rank environment).
+EVERY_LEADER_ARG = ("logging.verbose=true", "logging.iso8601=true", "logging.format=json", "nsys.enabled=true",
+                    "preflight.enabled=true", "rankEnv.FI_PROVIDER=efa")
+
+
+def test_guide_gives_the_dry_run_recipe() -> None:
+    text = GUIDE.read_text()
+    assert "| python3 docs/leader-args.py > leader-args.txt" in text
+    assert 'dry-run "${ARGS[@]}" --lws-name llama3-lws-triton' in text
+
+
+@pytest.mark.parametrize("example", ["guide", "405b"])
+def test_guide_dry_run_recipe_plans_the_charts_leader(helm: Helm, tmp_path: Path, example: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Whatever leader arguments the chart renders, the recipe turns them into a dry-run that plans."""
+    from launcher.cli import main
+
+    if example == "guide":
+        name, text = guide_values_files()[0]
+        values = tmp_path / name
+        values.write_text(text)
+        release = guide_release()
+    else:
+        values, release = EXAMPLE_405B, "llama405b"
+    rendered = helm.run(*helm.template_args(release, (values,), EVERY_LEADER_ARG, "serving", True))
+    assert rendered.returncode == 0, rendered.stderr
+    args = subprocess.run([sys.executable, str(LEADER_ARGS)], input=rendered.stdout, capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+    assert args and not any(a.startswith(("--log-format", "--verbose")) for a in args)
+    config = yaml.safe_load(values.read_text())
+    tp, pp = config["tensorrtLLM"]["parallelism"]["tensor"], config["tensorrtLLM"]["parallelism"]["pipeline"]
+    lws = one(helm.template(values=(values,), release=release), "LeaderWorkerSet")["metadata"]["name"]
+    capsys.readouterr()
+    code = main(["dry-run", *args, "--lws-name", lws, "--group-index", "0", "--mpi", "5.0", "--output", "json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    plan = json.loads(out.out)
+    assert len(plan["ranks"]) == tp * pp
+    pods = tp * pp // config["gpuPerNode"]
+    assert {r["pod"] for r in plan["ranks"]} == {f"{lws}-0"} | {f"{lws}-0-{i}" for i in range(1, pods)}

@@ -5,8 +5,7 @@
     mapfile -t ARGS < leader-args.txt
     launcher dry-run "${ARGS[@]}" --lws-name NAME-lws-triton
 
-The first argument (the command, "leader") and the logging options, which
-`launcher dry-run` does not take, are left out. Needs PyYAML.
+The first argument (the command, "leader") is left out. Needs PyYAML.
 """
 
 from __future__ import annotations
@@ -14,9 +13,6 @@ from __future__ import annotations
 import sys
 
 import yaml
-
-# Options of `launcher leader` that `launcher dry-run` has no use for.
-LOGGING = ("--log-format", "--verbose", "-v")
 
 
 def leader_args(manifests: str) -> list[str]:
@@ -26,7 +22,7 @@ def leader_args(manifests: str) -> list[str]:
             args = list(container.get("args", []))
             if args and not args[0].startswith("-"):
                 args = args[1:]
-            return [a for a in args if a.split("=", 1)[0] not in LOGGING]
+            return args
     raise SystemExit("leader-args.py: no LeaderWorkerSet in the input (pipe `helm template` into it)")
 
 

@@ -13,11 +13,11 @@ from ..discovery import parse_hosts
 from ..errors import ConfigError
 from ..mpi import planned_flavor
 from ..plan import TritonCommand, build_plan, format_plan, lws_members
-from .options import GROUP, HEALTH, PARALLELISM, TRITON, apply, build_config
+from .options import GROUP, HEALTH, LOGGING, PARALLELISM, TRITON, apply, build_config
 
 
 @click.command("dry-run")
-@apply(PARALLELISM, TRITON, GROUP, HEALTH)
+@apply(PARALLELISM, TRITON, GROUP, HEALTH, LOGGING)  # the leader's own options, so its argv plans as is
 @click.option("--hosts", default=None, metavar="POD,...", help="Group members in worker-index order.")
 @click.option("--group-index", type=int, default=0, show_default=True,
               help="Without --hosts: plan for the pods of this group of --lws-name.")
@@ -26,7 +26,6 @@ from .options import GROUP, HEALTH, PARALLELISM, TRITON, apply, build_config
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def dry_run(**params: Any) -> int:
     """Print hosts, ranks, GPUs, the mpirun argv and environment."""
-    params["verbosity"] = 0
     config = build_config(params)
     members = _members(params, config)
     flavor = planned_flavor(params["mpi_version"], config.mpirun)

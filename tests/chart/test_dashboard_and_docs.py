@@ -209,7 +209,7 @@ def test_guide_dry_run_recipe_plans_the_charts_leader(helm: Helm, tmp_path: Path
     assert rendered.returncode == 0, rendered.stderr
     args = subprocess.run([sys.executable, str(LEADER_ARGS)], input=rendered.stdout, capture_output=True,
                           text=True, check=True).stdout.splitlines()
-    assert args and not any(a.startswith(("--log-format", "--verbose")) for a in args)
+    assert args[:1] != ["leader"] and "--verbose" in args  # every leader option, as the leader gets them
     config = yaml.safe_load(values.read_text())
     tp, pp = config["tensorrtLLM"]["parallelism"]["tensor"], config["tensorrtLLM"]["parallelism"]["pipeline"]
     lws = one(helm.template(values=(values,), release=release), "LeaderWorkerSet")["metadata"]["name"]
@@ -219,5 +219,6 @@ def test_guide_dry_run_recipe_plans_the_charts_leader(helm: Helm, tmp_path: Path
     assert code == 0, out.err
     plan = json.loads(out.out)
     assert len(plan["ranks"]) == tp * pp
+    assert "--log-verbose=1" in plan["ranks"][0]["argv"]  # -v reaches Triton in the plan as in the launch
     pods = tp * pp // config["gpuPerNode"]
     assert {r["pod"] for r in plan["ranks"]} == {f"{lws}-0"} | {f"{lws}-0-{i}" for i in range(1, pods)}

@@ -54,7 +54,8 @@ def set_flags(values: dict[str, str]) -> list[str]:
 
 
 def release_pods(core: client.CoreV1Api, ns: str, release: str) -> list[client.V1Pod]:
-    pods = core.list_namespaced_pod(ns, label_selector=f"{INSTANCE}={release}").items
+    """The release's group pods (not its helm test pod), in group and worker order."""
+    pods = core.list_namespaced_pod(ns, label_selector=f"{INSTANCE}={release},app.kubernetes.io/component!=test").items
     return sorted((p for p in pods if p.metadata.deletion_timestamp is None),
                   key=lambda p: (p.metadata.labels.get("leaderworkerset.sigs.k8s.io/group-index", ""),
                                  int(p.metadata.labels.get(WORKER_INDEX, "-1"))))

@@ -144,10 +144,14 @@ class Leader:
             raise LauncherError(summary_line(result) + "; fix the fabric or run without --preflight",
                                 ExitCode.PREFLIGHT_FAILED)
 
-    def run(self) -> int:
+    def run(self, found_before: LauncherError | None = None) -> int:
+        """Launch and supervise; ``found_before``: a failure found before this leader could be configured,
+        handled like one of the launch's own (kept, then park, back off or exit)."""
         self._health_socket = reserve_port(self.config.health_port)  # a port in use fails before anything starts
         install_stop_handlers(self.stop)
         try:
+            if found_before is not None:
+                raise found_before
             return self._launch()
         except LauncherError as exc:
             return self._failed(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,10 @@ HOSTS = click.option(
 def leader(**params: Any) -> int:
     """Find the group's pods, launch one tritonserver per GPU with mpirun, supervise."""
     logs.setup(params["log_format"], params["verbosity"])
-    config = build_config(params)
+    try:
+        config = build_config(params)
+    except ConfigError as exc:
+        return report_in_kubernetes(exc, params)
     hosts = parse_hosts(params["hosts"], config) if params.get("hosts") else None
     if hosts is not None:
         agent = config.rsh_agent if len(hosts) > 1 else None
@@ -45,6 +49,29 @@ def leader(**params: Any) -> int:
                       failure_log=group_events(config, group.namespace)).run()
     finally:
         group.close()
+
+
+def report_in_kubernetes(exc: ConfigError, params: dict[str, Any]) -> int:
+    """A value the chart rendered is wrong: in a pod of an LWS, keep the reason and park like any other
+    permanent error (an exit would have LWS recreate the group in a loop); elsewhere, raise it."""
+    if params.get("hosts") or not (params.get("lws_name") and params.get("pod_name")):
+        raise exc
+    from ..config import DEFAULTS
+    from ..k8s import resolve_namespace
+
+    fallback = dataclasses.replace(
+        DEFAULTS, lws_name=params["lws_name"], pod_name=params["pod_name"], pod_uid=params.get("pod_uid"),
+        health_port=params["health_port"] if _is_port(params.get("health_port")) else DEFAULTS.health_port)
+    events = group_events(fallback, resolve_namespace(params.get("namespace")))
+    return Leader(fallback, _never, agent=None, failure_log=events, check_repository=False).run(found_before=exc)
+
+
+def _is_port(value: object) -> bool:
+    return isinstance(value, int) and 0 < value < 65536
+
+
+def _never(_stop: object) -> Sequence[Any]:
+    raise AssertionError("a leader that reports a configuration error discovers nothing")
 
 
 def kubernetes_group(config: LaunchConfig) -> KubernetesGroup:

@@ -158,3 +158,33 @@ def test_the_termination_log_gets_one_line_where_the_kubelet_provides_it(tmp_pat
     log.touch()
     write_termination_log("exit 78 in serving: a rank ended", log)
     assert log.read_text() == "exit 78 in serving: a rank ended\n"
+
+
+def test_a_wrong_rendered_value_parks_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value the chart rendered breaks a rule (here a world that two GPUs per pod do not divide): in an
+    LWS pod the leader keeps the reason and parks instead of exiting 64 into a recreate loop."""
+    from launcher.cli import main
+
+    events, stops = Events(), []
+    monkeypatch.setattr("launcher.cli.leader.group_events", lambda _config, _namespace: events)
+    monkeypatch.setattr("launcher.leader.install_stop_handlers", stops.append)
+    port = free_port()
+    result: dict[str, int] = {}
+    argv = ["leader", "--tp=3", "--gpus-per-pod=2", f"--health-port={port}", "--namespace=serving",
+            "--lws-name=llama", "--pod-name=llama-0", "--group-key=k"]
+    thread = threading.Thread(target=lambda: result.update(code=main(argv)), daemon=True)
+    thread.start()
+    wait(lambda: http_get(port, "/readyz")[0] == 503)
+    assert "not ready: exit 64 in config: --gpus-per-pod=2: the world size" in http_get(port, "/readyz")[1]
+    assert http_get(port, "/healthz")[0] == 200
+    assert [r for r, _ in events.recorded] == [FAILED]
+    stops[0].set()  # SIGTERM: the pod is replaced
+    thread.join(5)
+    assert result == {"code": 0}
+
+
+def test_a_wrong_value_outside_kubernetes_exits_as_before(capsys: pytest.CaptureFixture[str]) -> None:
+    from launcher.cli import main
+
+    assert main(["leader", "--tp=3", "--gpus-per-pod=2", "--hosts=a,b"]) == ExitCode.CONFIG_INVALID
+    assert "--gpus-per-pod=2: the world size" in capsys.readouterr().err

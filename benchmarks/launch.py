@@ -70,7 +70,7 @@ def wait_gone(marker: str, timeout_s: float = 60) -> float:
 
 
 def env_flags(extra: Sequence[str]) -> dict[str, str]:
-    return parse_env_assignments([a.split("=", 1)[1] for a in extra if a.startswith("--env=")])
+    return parse_env_assignments([a.split("=", 1)[1] for a in extra if a.startswith("--env=")])[0]
 
 
 def launcher_start(ranks: int, tmp: Path, extra: Sequence[str]) -> tuple[LocalLaunch, float]:

@@ -255,12 +255,21 @@ def _validate_env(config: LaunchConfig) -> None:
                         "write --forward-env NAME or --forward-env PREFIX_")
 
 
-def parse_env_assignments(items: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """Turn ``NAME=VALUE`` words into a mapping; a word without ``=`` is an error."""
-    result: dict[str, str] = {}
+def parse_env_assignments(items: tuple[str, ...] | list[str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """``NAME=VALUE`` words as a mapping, and bare ``NAME`` words: variables passed on from this
+    environment (a Secret's value stays out of the command line)."""
+    values: dict[str, str] = {}
+    names: list[str] = []
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise _fail(f"--env {item!r}", "extra environment is given as NAME=VALUE", "write --env NAME=VALUE")
-        result[name] = value
-    return result
+        if not name:
+            raise _fail(f"--env {item!r}", "extra environment is given as NAME=VALUE or NAME",
+                        "write --env NAME=VALUE, or --env NAME to pass on this environment's NAME")
+        if sep:
+            values[name] = value
+        elif _ENV_NAME.match(name):
+            names.append(name)
+        else:
+            raise _fail(f"--env {item!r}", "a variable name is letters, digits and _, not starting with a digit",
+                        "write --env NAME=VALUE, or --env NAME to pass on this environment's NAME")
+    return values, tuple(names)

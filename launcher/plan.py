@@ -95,7 +95,7 @@ class LaunchPlan:
     def hostfile_text(self) -> str:
         return "".join(f"{pod} slots={slots}\n" for pod, _, slots in (h.rpartition(":") for h in self.hosts))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, show_values: bool = False) -> dict[str, Any]:
         return {
             "mpi": str(self.flavor),
             "hosts": list(self.hosts),
@@ -113,7 +113,7 @@ class LaunchPlan:
                 for r in self.ranks
             ],
             "argv": list(self.argv),
-            "env": dict(self.env),
+            "env": shown_env(self.env, show_values),
             "forwarded": list(self.forwarded),
         }
 
@@ -300,7 +300,12 @@ def build_plan(
     return LaunchPlan(flavor, hosts, ranks, argv, env, forwarded, hostfile)
 
 
-def format_plan(plan: LaunchPlan, config: LaunchConfig) -> str:
+def shown_env(env: Mapping[str, str], show_values: bool) -> dict[str, str]:
+    """The environment mpirun sets, values hidden unless asked: they may be credentials."""
+    return dict(env) if show_values else {name: "<hidden>" for name in env}
+
+
+def format_plan(plan: LaunchPlan, config: LaunchConfig, show_values: bool = False) -> str:
     """A table of ranks, the hostfile, mpirun's exact command, then every rank's command."""
     rows = [("RANK", "POD", "GPU", "ROLE")]
     for r in plan.ranks:
@@ -315,7 +320,8 @@ def format_plan(plan: LaunchPlan, config: LaunchConfig) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3] for row in rows
     ]
     lines += ["", f"Open MPI {plan.flavor}; hostfile {plan.hostfile}:", plan.hostfile_text.rstrip(), ""]
-    lines += [f"{k}={shlex.quote(v)}" for k, v in sorted(plan.env.items())]
+    env = shown_env(plan.env, show_values)
+    lines += [f"{k}={shlex.quote(v) if show_values else v}" for k, v in sorted(env.items())]
     lines.append(shlex.join(plan.argv))
     lines += ["", "each rank runs:"] + [f"rank {r.rank}: {shlex.join(r.argv)}" for r in plan.ranks]
     return "\n".join(lines)

@@ -24,6 +24,8 @@ from .options import GROUP, HEALTH, LOGGING, PARALLELISM, TRITON, apply, build_c
 @click.option("--mpi", "mpi_version", type=click.Choice(["auto", "4.1", "5.0"]), default="auto", show_default=True,
               help="Open MPI flavour to plan for (auto: ask mpirun --version, else 5.0).")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--show-values", is_flag=True, help="Print the values of the environment mpirun sets (hidden: they "
+              "may be credentials).")
 def dry_run(**params: Any) -> int:
     """Print hosts, ranks, GPUs, the mpirun argv and environment."""
     config = build_config(params)
@@ -35,9 +37,9 @@ def dry_run(**params: Any) -> int:
         launch_id="<per-launch id>", is_root=os.geteuid() == 0, agent=agent,
     )
     if params["output"] == "json":
-        click.echo(json.dumps(plan.to_dict(), indent=2))
+        click.echo(json.dumps(plan.to_dict(params["show_values"]), indent=2))
     else:
-        click.echo(format_plan(plan, config))
+        click.echo(format_plan(plan, config, params["show_values"]))
     return 0
 
 

@@ -75,8 +75,9 @@ TRITON = [
     _opt("--tritonserver", env="LAUNCHER_TRITONSERVER", default=D.tritonserver,
          help="tritonserver binary (name on PATH or path)."),
     _opt("--mpirun", env="LAUNCHER_MPIRUN", default=D.mpirun, help="mpirun binary (Open MPI 4.1 or 5.x)."),
-    _opt("--env", "extra_env", env="LAUNCHER_ENV", multiple=True, metavar="NAME=VALUE",
-         help="Extra environment for every rank (repeatable)."),
+    _opt("--env", "extra_env", env="LAUNCHER_ENV", multiple=True, metavar="NAME=VALUE|NAME",
+         help="Extra environment for every rank (repeatable); a bare NAME passes on this environment's NAME "
+              "(e.g. from a Secret), so its value is in no command line."),
     _opt("--forward-env", env="LAUNCHER_FORWARD_ENV", multiple=True, metavar="NAME|PREFIX_",
          help=f"Variables passed on to ranks (repeatable; default: {' '.join(D.forward_env)})."),
     _opt("--nsys/--no-nsys", "--enable_nsys", "nsys", env="LAUNCHER_NSYS", default=D.nsys.enabled,
@@ -165,11 +166,12 @@ def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
     def pick(names: dict[str, str]) -> dict[str, Any]:
         return {field: values[option] for option, field in names.items() if option in values}
 
+    extra_env, passed_on = parse_env_assignments(values.get("extra_env", ()))
     config = dataclasses.replace(
         D,
         **{name: values[name] for name in LaunchConfig.__dataclass_fields__ if name in values and name not in SPECIAL},
-        extra_env=parse_env_assignments(values.get("extra_env", ())),
-        forward_env=tuple(values.get("forward_env", ())) or D.forward_env,
+        extra_env=extra_env,
+        forward_env=(tuple(values.get("forward_env", ())) or D.forward_env) + passed_on,
         nsys=dataclasses.replace(D.nsys, **pick(NSYS_OPTIONS)),
         preflight=dataclasses.replace(D.preflight, **pick(PREFLIGHT_OPTIONS)),
         restart=dataclasses.replace(D.restart, **pick(RESTART_OPTIONS)),

@@ -55,3 +55,23 @@ def test_server_py_is_the_same_program() -> None:
     assert done.returncode == 64
     assert done.stderr.strip() == ("server.py: error: --tp=0: the tensor-parallel size must be positive; "
                                    "set --tp (or LAUNCHER_TP) to 1 or more")
+
+
+def test_dry_run_hides_environment_values_unless_asked(clean_env: None) -> None:
+    args = ["dry-run", "--tp", "2", "--hosts", "p0,p1", "--mpi", "5.0", "--env", "HF_TOKEN=hf_secret"]
+    hidden = CliRunner().invoke(cli, args)
+    assert hidden.exit_code == 0 and "HF_TOKEN=<hidden>" in hidden.output and "hf_secret" not in hidden.output
+    as_json = CliRunner().invoke(cli, [*args, "--output", "json"])
+    assert json.loads(as_json.output)["env"]["HF_TOKEN"] == "<hidden>"
+    shown = CliRunner().invoke(cli, [*args, "--show-values"])
+    assert "HF_TOKEN=hf_secret" in shown.output
+
+
+def test_a_bare_env_name_passes_on_the_leaders_variable(clean_env: None) -> None:
+    """The chart's rankEnv from a Secret: the name in the argv, the value only in the environment."""
+    result = CliRunner().invoke(cli, ["dry-run", "--tp", "2", "--hosts", "p0,p1", "--mpi", "5.0", "--env", "HF_TOKEN",
+                                      "--output", "json"], env={"HF_TOKEN": "hf_secret"})
+    plan = json.loads(result.output)
+    assert "HF_TOKEN" in plan["forwarded"] and "HF_TOKEN" not in plan["env"]
+    assert "hf_secret" not in result.output
+    assert plan["argv"][plan["argv"].index("HF_TOKEN") - 1] == "-x"

@@ -96,6 +96,23 @@ positive whole number.
 {{- end }}
 
 {{/*
+Names of the worker pods of every group the release may run, as a YAML list
+(empty when a group is its leader alone).
+*/}}
+{{- define "lws-triton.workerPodNames" -}}
+{{- $fullname := include "lws-triton.fullname" . }}
+{{- $size := int (include "lws-triton.groupSize" .) }}
+{{- $groups := ternary (int .Values.autoscaling.maxReplicas) (int .Values.lws.replicas) .Values.autoscaling.enabled }}
+{{- $names := list }}
+{{- range $group := until $groups }}
+{{- range $worker := untilStep 1 $size 1 }}
+{{- $names = append $names (printf "%s-%d-%d" $fullname $group $worker) }}
+{{- end }}
+{{- end }}
+{{- toYaml $names }}
+{{- end }}
+
+{{/*
 Checks of values that the schema cannot express. Rendered for its failures
 only; prints nothing.
 */}}
@@ -138,6 +155,9 @@ only; prints nothing.
 {{- end }}
 {{- if and .Values.gpu .Values.affinity.nodeAffinity }}
 {{- fail (printf "gpu (%s) and affinity.nodeAffinity are both set: the chart turns gpu into node affinity; put the nvidia.com/gpu.product term into affinity.nodeAffinity and leave gpu empty, or drop affinity.nodeAffinity" .Values.gpu) }}
+{{- end }}
+{{- if and .Values.nsys.enabled (hasPrefix (printf "%s/" (trimSuffix "/" $repo.mountPath)) (printf "%s/" (trimSuffix "/" .Values.nsys.outputPath))) }}
+{{- fail (printf "nsys.outputPath (%s) lies in the model repository's mount (%s): reports get their own volume (nsys.persistentVolumeClaim); choose a path outside it" .Values.nsys.outputPath $repo.mountPath) }}
 {{- end }}
 {{- $ports := list (int .Values.ports.http) (int .Values.ports.grpc) (int .Values.ports.metrics) (int .Values.ports.launcher) }}
 {{- if ne (len (uniq $ports)) 4 }}
@@ -189,8 +209,8 @@ from LWS itself (LWS_GROUP_SIZE).
 {{- if $v.preflight.enabled }}
 {{- $args = concat $args (list "--preflight" (printf "--preflight-deadline=%d" (int $v.preflight.deadlineSeconds))) }}
 {{- end }}
-{{- range $key, $value := $v.rankEnv }}
-{{- $args = append $args (printf "--env=%s=%s" $key $value) }}
+{{- range $name, $_ := $v.rankEnv }}
+{{- $args = append $args (printf "--env=%s" $name) }}
 {{- end }}
 {{- toYaml $args }}
 {{- end }}
@@ -286,6 +306,20 @@ volumes:
     emptyDir:
       medium: Memory
       sizeLimit: {{ .Values.shmSize }}
+  # the root filesystem is read-only: Open MPI's session directories and the
+  # launcher's hostfile go here
+  - name: tmp
+    emptyDir:
+      sizeLimit: 1Gi
+  {{- if .Values.nsys.enabled }}
+  - name: nsys-reports
+    {{- if .Values.nsys.persistentVolumeClaim }}
+    persistentVolumeClaim:
+      claimName: {{ .Values.nsys.persistentVolumeClaim }}
+    {{- else }}
+    emptyDir: {}
+    {{- end }}
+  {{- end }}
   {{- with .Values.extraVolumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -316,8 +350,15 @@ resources:
 volumeMounts:
   - name: model-repository
     mountPath: {{ .Values.modelRepository.mountPath }}
+    readOnly: {{ .Values.modelRepository.readOnly }}
   - name: dshm
     mountPath: /dev/shm
+  - name: tmp
+    mountPath: /tmp
+  {{- if .Values.nsys.enabled }}
+  - name: nsys-reports
+    mountPath: {{ .Values.nsys.outputPath }}
+  {{- end }}
   {{- with .Values.extraVolumeMounts }}
   {{- toYaml . | nindent 2 }}
   {{- end }}

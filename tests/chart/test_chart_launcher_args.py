@@ -140,11 +140,14 @@ def test_all_options_args_mean_the_values(helm: Helm, monkeypatch: pytest.Monkey
     argv, env = rendered_leader(helm, ALL_OPTIONS)
     config = parse_with_env(monkeypatch, argv, env)
     assert (config.tp, config.pp, config.gpus_per_pod, config.group_size) == (8, 4, 8, 4)
-    assert config.nsys.enabled and config.nsys.output_dir == "/mnt/models/nsys"
+    assert config.nsys.enabled and config.nsys.output_dir == "/mnt/nsys"
     assert config.nsys.binary == "/opt/nvidia/nsight-systems/bin/nsys" and config.preflight.deadline_s == 240
     assert config.iso8601 and config.triton_log_verbose == 1
-    assert dict(config.extra_env) == {
-        "NCCL_DEBUG": "INFO", "FI_EFA_USE_DEVICE_RDMA": "1", "NCCL_PROTO": "simple"}
+    assert dict(config.extra_env) == {"NCCL_DEBUG": "INFO"}
+    # rankEnv: names in the args, values in the leader's environment only
+    assert {"FI_EFA_USE_DEVICE_RDMA", "NCCL_PROTO"} <= set(config.forward_env)
+    assert (env["FI_EFA_USE_DEVICE_RDMA"], env["NCCL_PROTO"]) == ("1", "simple")
+    assert not [arg for arg in argv if "simple" in arg]
     assert (config.startup_timeout_s, config.discovery_timeout_s) == (3600, 300)
 
     reference = [
@@ -155,9 +158,9 @@ def test_all_options_args_mean_the_values(helm: Helm, monkeypatch: pytest.Monkey
         "--health-port", "9080",
         "--startup-timeout", "3600", "--discovery-timeout", "300", "--log-format", "json",
         "-v", "--env", "NCCL_DEBUG=INFO", "--iso8601",
-        "--enable_nsys", "--nsys-output", "/mnt/models/nsys", "--nsys-binary", "/opt/nvidia/nsight-systems/bin/nsys",
+        "--enable_nsys", "--nsys-output", "/mnt/nsys", "--nsys-binary", "/opt/nvidia/nsight-systems/bin/nsys",
         "--preflight", "--preflight-deadline", "240",
-        "--env", "FI_EFA_USE_DEVICE_RDMA=1", "--env", "NCCL_PROTO=simple",
+        "--env", "FI_EFA_USE_DEVICE_RDMA", "--env", "NCCL_PROTO",
         "--drain-delay", "5", "--drain-timeout", "30", *canary_flags(),
     ]
     assert comparable(config) == comparable(parse_with_env(monkeypatch, reference, env))

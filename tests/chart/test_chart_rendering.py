@@ -15,6 +15,7 @@ from chart_helpers import (
     pod_labels_as_created,
     pod_templates,
     selector_matches,
+    walk,
 )
 
 
@@ -130,8 +131,8 @@ def test_placement_values(helm: Helm) -> None:
 def test_extra_volumes_mounts_and_init_containers(helm: Helm) -> None:
     for template in pod_templates(lws_of(helm, values=(ALL_OPTIONS,))).values():
         spec = template["spec"]
-        assert [v["name"] for v in spec["volumes"]] == ["model-repository", "dshm", "local-nvme"]
-        assert [m["mountPath"] for m in container(template)["volumeMounts"]] == ["/mnt/models", "/dev/shm", "/mnt/nvme"]
+        assert [v["name"] for v in spec["volumes"]][-1] == "local-nvme"
+        assert [m["mountPath"] for m in container(template)["volumeMounts"]][-1] == "/mnt/nvme"
         assert [c["name"] for c in spec["initContainers"]] == ["stage-engines"]
     assert "initContainers" not in pod_templates(lws_of(helm))["leader"]["spec"]
 
@@ -165,13 +166,36 @@ def test_efa_only_when_requested(helm: Helm) -> None:
         assert container(template)["resources"]["limits"]["vpc.amazonaws.com/efa"] == "32"
 
 
-def test_volumes_model_repository_and_memory_backed_shm(helm: Helm) -> None:
+def test_volumes_model_repository_read_only_shm_and_tmp(helm: Helm) -> None:
     for template in pod_templates(lws_of(helm, "shmSize=12Gi")).values():
         volumes = {volume["name"]: volume for volume in template["spec"]["volumes"]}
         assert volumes["model-repository"]["persistentVolumeClaim"] == {"claimName": "efs-claim"}
         assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "12Gi"}
-        mounts = {mount["name"]: mount["mountPath"] for mount in container(template)["volumeMounts"]}
-        assert mounts == {"model-repository": "/var/run/models", "dshm": "/dev/shm"}
+        assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "1Gi"}
+        mounts = {mount["name"]: mount for mount in container(template)["volumeMounts"]}
+        assert {name: mount["mountPath"] for name, mount in mounts.items()} == {
+            "model-repository": "/var/run/models", "dshm": "/dev/shm", "tmp": "/tmp"}
+        assert mounts["model-repository"]["readOnly"] is True  # model.py files are code the leader loads
+
+
+def test_nsys_reports_get_their_own_volume(helm: Helm) -> None:
+    for template in pod_templates(lws_of(helm, values=(ALL_OPTIONS,))).values():
+        volumes = {volume["name"]: volume for volume in template["spec"]["volumes"]}
+        assert volumes["nsys-reports"]["persistentVolumeClaim"] == {"claimName": "nsys-reports"}
+        mounts = {mount["name"]: mount for mount in container(template)["volumeMounts"]}
+        assert mounts["nsys-reports"]["mountPath"] == "/mnt/nsys" and not mounts["nsys-reports"].get("readOnly")
+    plain = pod_templates(lws_of(helm, "nsys.enabled=true"))["leader"]["spec"]["volumes"]
+    assert {"name": "nsys-reports", "emptyDir": {}} in plain
+
+
+def test_pods_run_without_root_or_capabilities(helm: Helm) -> None:
+    for template in pod_templates(lws_of(helm)).values():
+        pod = template["spec"]["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 1000
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+        ctx = container(template)["securityContext"]
+        assert ctx == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                       "capabilities": {"drop": ["ALL"]}}
 
 
 def test_scheduling_gpu_product_tolerations_node_selector(helm: Helm) -> None:
@@ -194,8 +218,8 @@ def test_options_become_launcher_flags(helm: Helm) -> None:
     lws = lws_of(helm, values=(ALL_OPTIONS,))
     args = container(pod_templates(lws)["leader"])["args"]
     for flag in ("--verbose", "--env=NCCL_DEBUG=INFO", "--iso8601", "--nsys",
-                 "--nsys-output=/mnt/models/nsys", "--preflight", "--log-format=json",
-                 "--env=FI_EFA_USE_DEVICE_RDMA=1", "--env=NCCL_PROTO=simple",
+                 "--nsys-output=/mnt/nsys", "--preflight", "--log-format=json",
+                 "--env=FI_EFA_USE_DEVICE_RDMA", "--env=NCCL_PROTO",
                  "--http-port=9000", "--grpc-port=9001", "--metrics-port=9002",
                  "--health-port=9080"):
         assert flag in args
@@ -216,7 +240,7 @@ def test_service_selects_only_this_releases_leaders(helm: Helm) -> None:
     service, lws = one(docs, "Service"), one(docs, "LeaderWorkerSet")
     assert service["spec"]["type"] == "ClusterIP"  # Triton has no authentication: in-cluster by default
     assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
-        ("http", 8000, "http"), ("grpc", 8001, "grpc"), ("metrics", 8002, "metrics")]
+        ("http", 8000, "http"), ("grpc", 8001, "grpc")]  # metrics are scraped from the pods, not served
     selector = service["spec"]["selector"]
     assert selector_matches(selector, pod_labels_as_created(lws, "leader"))
     assert selector_matches(selector, pod_labels_as_created(lws, "leader", group=1))
@@ -280,9 +304,12 @@ def test_rbac_is_minimal_and_bound_to_the_pods_account(helm: Helm) -> None:
     account, role, binding = (one(docs, kind) for kind in ("ServiceAccount", "Role", "RoleBinding"))
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
+        # the tutorial autoscales up to 2 groups of a leader and one worker: exec into those workers only
+        {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"],
+         "resourceNames": ["alpha-lws-triton-0-1", "alpha-lws-triton-1-1"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
-        {"apiGroups": ["leaderworkerset.x-k8s.io"], "resources": ["leaderworkersets"], "verbs": ["get"]},
+        {"apiGroups": ["leaderworkerset.x-k8s.io"], "resources": ["leaderworkersets"], "verbs": ["get"],
+         "resourceNames": ["alpha-lws-triton"]},
     ]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
@@ -290,6 +317,46 @@ def test_rbac_is_minimal_and_bound_to_the_pods_account(helm: Helm) -> None:
                                     "namespace": "serving"}]
     for template in pod_templates(one(docs, "LeaderWorkerSet")).values():
         assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_exec_names_follow_the_groups_the_release_may_run(helm: Helm) -> None:
+    def exec_names(*sets: str) -> list[str]:
+        rules = one(helm.template(sets=sets), "Role")["rules"]
+        return [name for rule in rules if rule["resources"] == ["pods/exec"] for name in rule["resourceNames"]]
+
+    assert exec_names("autoscaling.enabled=false", "lws.replicas=1", "gpuPerNode=2") == [
+        "alpha-lws-triton-0-1", "alpha-lws-triton-0-2", "alpha-lws-triton-0-3"]
+    assert len(exec_names("autoscaling.maxReplicas=5")) == 5
+    assert exec_names("gpuPerNode=8") == []  # a group of one pod: no exec at all
+
+
+def test_rank_env_values_stay_out_of_every_command_line(helm: Helm) -> None:
+    sets = ("rankEnv.HF_TOKEN.valueFrom.secretKeyRef.name=hf", "rankEnv.HF_TOKEN.valueFrom.secretKeyRef.key=token",
+            "rankEnv.NCCL_PROTO=s3cr3t-looking-value")
+    docs = helm.template(sets=sets)
+    leader = container(pod_templates(one(docs, "LeaderWorkerSet"))["leader"])
+    env = {item["name"]: item for item in leader["env"]}
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert env["NCCL_PROTO"]["value"] == "s3cr3t-looking-value"
+    assert {"--env=HF_TOKEN", "--env=NCCL_PROTO"} <= set(leader["args"])
+    for doc in docs:
+        for key, value in walk(doc):
+            if key in ("args", "command"):
+                assert not any("s3cr3t" in str(arg) for arg in value), doc["kind"]
+
+
+def test_network_policy_admits_the_group_clients_and_monitoring(helm: Helm) -> None:
+    policy = one(helm.template(sets=("networkPolicy.clients[0].namespaceSelector.matchLabels.team=gateway",)),
+                 "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    group, clients, monitoring = policy["spec"]["ingress"]
+    assert "ports" not in group and group["from"][0]["podSelector"]["matchLabels"] == policy["spec"]["podSelector"][
+        "matchLabels"]
+    assert [p["port"] for p in clients["ports"]] == [8000, 8001]
+    assert clients["from"] == [{"namespaceSelector": {"matchLabels": {"team": "gateway"}}}]
+    assert [p["port"] for p in monitoring["ports"]] == [8002, 8080]
+    assert monitoring["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert not by_kind(helm.template(sets=("networkPolicy.enabled=false",)), "NetworkPolicy")
 
 
 def test_existing_service_account(helm: Helm) -> None:

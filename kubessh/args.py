@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kubessh.errors import Exit, KubesshError
+
+POD_UIDS_ENV = "KUBESSH_POD_UIDS"
+_POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
+_UID = re.compile(r"[0-9A-Za-z][-0-9A-Za-z]{0,63}\Z")
 
 USAGE = """\
 usage: kubessh [options] [ssh options] POD COMMAND...
@@ -23,10 +29,13 @@ launches (orted, prted) are started detached and kubessh returns once they run.
 ssh options before POD (-x, -o X, -p N, ...) are accepted and ignored.
 Environment: KUBESSH_DETACH=auto|never (never: daemons stay on the exec
 stream), KUBESSH_DETACH_CONFIRM_S (0.5: how long a detached daemon must live),
-KUBESSH_RETRY_S (20: budget for retrying 429/5xx/refused before anything ran).
+KUBESSH_RETRY_S (20: budget for retrying 429/5xx/refused before anything ran),
+KUBESSH_POD_UIDS (set by the leader: a JSON object of pod name to uid; POD must
+be one of them, with that uid, and its container's LAUNCHER_POD_UID too).
 
-exit status: the remote command's; 250 usage, 252 forbidden (RBAC), 253 pod not
-in this group, 254 no such pod, 255 API or exec failure."""
+exit status: the remote command's; 250 usage, 251 credentials (token, CA or
+kubeconfig unusable), 252 forbidden (RBAC), 253 pod not in this group (or not
+the pod the leader discovered), 254 no such pod, 255 API or exec failure."""
 
 _VALUED = {"--namespace": "namespace", "--container": "container", "--group-key": "group_key"}
 _SSH_VALUED = set("BbcDEeFIiJLlmOopQRSWw")
@@ -46,6 +55,7 @@ class Request:
     retry_s: float = 20.0  # KUBESSH_RETRY_S
     detach: bool = True  # KUBESSH_DETACH=auto (never: False)
     detach_confirm_s: float = 0.5  # KUBESSH_DETACH_CONFIRM_S
+    expected_uid: str | None = None  # the pod's uid in KUBESSH_POD_UIDS
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -61,6 +71,25 @@ def _detach(environ: Mapping[str, str]) -> bool:
     if mode not in ("auto", "never"):
         raise KubesshError(f"KUBESSH_DETACH={mode!r}: use auto (the default) or never", Exit.USAGE)
     return mode == "auto"
+
+
+def _expected_uid(environ: Mapping[str, str], pod: str) -> str | None:
+    """The uid the leader discovered for ``pod`` (KUBESSH_POD_UIDS); None when no map is given."""
+    text = environ.get(POD_UIDS_ENV)
+    if not text:
+        return None
+    try:
+        uids = json.loads(text)
+    except ValueError:
+        uids = None
+    if not (isinstance(uids, dict) and all(isinstance(k, str) and _POD_NAME.match(k) and isinstance(v, str)
+                                           and _UID.match(v) for k, v in uids.items())):
+        raise KubesshError(f"{POD_UIDS_ENV}={text[:100]!r}: not a JSON object of pod names to uids; the leader "
+                           "sets it (unset it to exec by hand)", Exit.USAGE)
+    if pod not in uids:
+        raise KubesshError(f"refusing pod {pod}: not one of the {len(uids)} pods the leader discovered "
+                           f"({POD_UIDS_ENV})", Exit.REFUSED)
+    return str(uids[pod])
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
@@ -102,6 +131,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
         group_key=values.get("group_key") or environ.get("LAUNCHER_GROUP_KEY") or None,
         retry_s=_seconds(environ, "KUBESSH_RETRY_S", Request.retry_s), detach=_detach(environ),
         detach_confirm_s=_seconds(environ, "KUBESSH_DETACH_CONFIRM_S", Request.detach_confirm_s),
+        expected_uid=_expected_uid(environ, pod),
     )
     if request.group_key is None and not request.any_pod:
         raise KubesshError("no group key (set LAUNCHER_GROUP_KEY or --group-key, or pass --any-pod): "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 from kubessh.args import Request, parse
@@ -16,6 +15,9 @@ if TYPE_CHECKING:
 GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"
 PROBE_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 10.0
+# A detached launch answers once the daemon has lived KUBESSH_DETACH_CONFIRM_S; beyond that, this long for
+# the exec itself to start in the container (a busy node's runtime can take seconds).
+DETACH_TIMEOUT_S = 30.0
 
 
 def check_group(pod: dict[str, Any], request: Request) -> None:
@@ -24,6 +26,14 @@ def check_group(pod: dict[str, Any], request: Request) -> None:
     if request.group_key is not None and labels.get(GROUP_KEY) != request.group_key:
         raise KubesshError(f"refusing pod {request.pod}: its {GROUP_KEY} label is "
                            f"{labels.get(GROUP_KEY)!r}, not this group's {request.group_key!r}", Exit.REFUSED)
+
+
+def check_uid(pod: dict[str, Any], request: Request) -> None:
+    """The pod by this name must be the one the leader discovered, not a replacement."""
+    uid = (pod.get("metadata") or {}).get("uid")
+    if request.expected_uid is not None and uid != request.expected_uid:
+        raise KubesshError(f"refusing pod {request.pod}: its uid is {uid}, not {request.expected_uid} that the "
+                           "leader discovered (replaced under the same name); nothing was run", Exit.REFUSED)
 
 
 def check_running(pod: dict[str, Any], name: str) -> None:
@@ -40,31 +50,35 @@ def first_container(pod: dict[str, Any], name: str) -> str:
 
 
 def remote_command(request: Request) -> tuple[list[str], bool, float | None]:
-    """What to exec, whether local stdin goes with it, and the deadline (probes only)."""
-    from kubessh.remote import is_daemon_launch, remote_argv
+    """What to exec, whether local stdin goes with it, and how long to wait for its status (None: as long
+    as it runs)."""
+    from kubessh.remote import is_daemon_launch, remote_argv, uid_guard
 
+    guard = uid_guard(request.pod, request.expected_uid)
     if request.probe:
-        return ["sh", "-c", "true"], False, time.monotonic() + PROBE_TIMEOUT_S
+        return ["sh", "-c", guard + "true"], False, PROBE_TIMEOUT_S
     detach = request.detach and is_daemon_launch(request.words)
-    return remote_argv(request.words, detach, request.detach_confirm_s), not detach, None
+    argv = remote_argv(request.words, detach, request.detach_confirm_s, guard)
+    return argv, not detach, request.detach_confirm_s + DETACH_TIMEOUT_S if detach else None
 
 
 def run(request: Request, endpoint: ApiServer) -> int:
     """The remote command's exit status, through the API server at ``endpoint``."""
     from kubessh import api, wsexec
 
-    argv, stdin, deadline = remote_command(request)
+    argv, stdin, timeout_s = remote_command(request)
     namespace = request.namespace or endpoint.namespace
     if not namespace:
         raise KubesshError("no namespace: set LAUNCHER_NAMESPACE or --namespace", Exit.USAGE)
     pod = api.retrying(lambda: api.get_pod(endpoint, namespace, request.pod), request.retry_s)
     check_group(pod, request)
+    check_uid(pod, request)
     check_running(pod, request.pod)
     container = request.container or first_container(pod, request.pod)
     url = wsexec.exec_url(endpoint, namespace, request.pod, container, argv, stdin)
     ws = api.retrying(lambda: wsexec.connect(endpoint, namespace, request.pod, url, CONNECT_TIMEOUT_S),
                       request.retry_s)
-    return wsexec.Session(ws).wait(0 if stdin else None, deadline)
+    return wsexec.Session(ws, request.pod).wait(0 if stdin else None, timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import enum
 class Exit(enum.IntEnum):
     OK = 0
     USAGE = 250  # malformed command line or configuration
+    CREDENTIALS = 251  # a service-account or kubeconfig file (token, CA, client certificate) missing or unusable
     FORBIDDEN = 252  # RBAC: the ServiceAccount lacks a permission
     REFUSED = 253  # the pod is not in this group (or no group key is known)
     NO_POD = 254  # no such pod or container

@@ -93,7 +93,8 @@ def _kubessh_probe(environ: Mapping[str, str]) -> Probe:
     # Answers that waiting cannot change end the launch at once, with the launcher's own code. A
     # refusal with a group key known means the pod now belongs to another group (it was replaced).
     refused = ExitCode.GROUP_CHANGED if environ.get("LAUNCHER_GROUP_KEY") else ExitCode.CONFIG_INVALID
-    final = {Exit.FORBIDDEN: ExitCode.FORBIDDEN, Exit.REFUSED: refused, Exit.USAGE: ExitCode.CONFIG_INVALID}
+    final = {Exit.FORBIDDEN: ExitCode.FORBIDDEN, Exit.REFUSED: refused, Exit.USAGE: ExitCode.CONFIG_INVALID,
+             Exit.CREDENTIALS: ExitCode.CONFIG_INVALID}
     try:
         endpoint = server.load(dict(environ))  # once, before the probe threads share it
     except KubesshError as exc:

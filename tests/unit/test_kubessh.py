@@ -134,19 +134,42 @@ def test_detach_script_accepts_a_daemon_that_daemonizes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("status", "code"), [
     ({"status": "Success"}, 0),
-    ({"status": "Failure", "reason": "NonZeroExitCode",
-      "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}, "message": "command terminated"}, 7),
-    ({"status": "Failure", "reason": "InternalError", "code": 500,
-      "message": "Internal error occurred: command 'sh -c exit 9': exit status 9"}, 9),
+    ({"status": "Failure", "reason": "NonZeroExitCode", "message": "command terminated with non-zero exit code",
+      "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}}, 7),
+    ({"status": "Failure", "reason": "InternalError", "code": 500,  # kwok's, for a command that failed
+      "message": "Internal error occurred: error executing command in container: exit status 9"}, 9),
 ])
 def test_exit_status_from_the_error_channel(status: dict[str, Any], code: int) -> None:
-    assert remote.exit_status(status) == code
+    assert remote.exit_status(json.dumps(status).encode(), "p") == code
 
 
-def test_a_failure_without_exit_status_is_an_error() -> None:
+def exit_cause(message: Any) -> dict[str, Any]:
+    return {"status": "Failure", "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": message}]}}
+
+
+@pytest.mark.parametrize("status", [
+    {"status": "Failure", "message": "error dialing backend"},
+    {"status": "Failure", "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}},  # no reason
+    {"status": "Failure", "reason": "NonZeroExitCode", "details": {"causes": "7"}},
+    exit_cause("x"), exit_cause("-1"), exit_cause("256"), exit_cause("0"), exit_cause(None),
+    {"status": "Failure", "reason": "InternalError", "message": "Internal error occurred: exit status 256"},
+    {"status": "Failure", "reason": "InternalError",
+     "message": "Internal error occurred: error executing command in container: exit status 0"},
+    {"status": "Pending"},
+    {"message": "exit status 3"},
+])
+def test_any_other_status_is_an_exec_failure(status: dict[str, Any]) -> None:
     with pytest.raises(KubesshError) as err:
-        remote.exit_status({"status": "Failure", "message": "error dialing backend"})
-    assert err.value.code == Exit.UNREACHABLE and "error dialing backend" in str(err.value)
+        remote.exit_status(json.dumps(status).encode(), "p")
+    assert err.value.code == Exit.UNREACHABLE and "\n" not in str(err.value)
+    assert str(err.value).startswith("exec in p")
+
+
+def test_a_failure_without_exit_status_names_its_message() -> None:
+    with pytest.raises(KubesshError) as err:
+        remote.exit_status(b'{"status": "Failure", "message": "error dialing\\nbackend"}', "p")
+    assert str(err.value) == "exec in p failed: error dialing backend (a Failure with reason None and no exit code)"
 
 
 RBAC_DENIAL = json.dumps({"kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden", "message": (
@@ -285,15 +308,16 @@ class FakeSocket:
 
 
 def test_session_streams_output_and_returns_the_status(capfd: pytest.CaptureFixture[str]) -> None:
-    failure = {"status": "Failure", "details": {"causes": [{"reason": "ExitCode", "message": "4"}]}}
+    failure = {"status": "Failure", "reason": "NonZeroExitCode",
+               "details": {"causes": [{"reason": "ExitCode", "message": "4"}]}}
     ws = FakeSocket([b"\x01", b"\x01out\n", b"\x02err\n", b"\x03" + json.dumps(failure).encode()])
-    assert wsexec.Session(ws).wait(None) == 4  # type: ignore[arg-type]
+    assert wsexec.Session(ws, "p").wait(None) == 4  # type: ignore[arg-type]
     assert capfd.readouterr() == ("out\n", "err\n")
 
 
 def test_session_without_a_status_is_a_failure(tmp_path: Path) -> None:
     with pytest.raises(KubesshError) as err:
-        wsexec.Session(FakeSocket([b"\x01partial"])).wait(None)  # type: ignore[arg-type]
+        wsexec.Session(FakeSocket([b"\x01partial"]), "p").wait(None)  # type: ignore[arg-type]
     assert err.value.code == Exit.UNREACHABLE and "without an exit status" in str(err.value)
 
 
@@ -302,7 +326,7 @@ def test_session_sends_stdin_then_closes_it_on_v5(tmp_path: Path) -> None:
     source.write_bytes(b"data")
     ws = FakeSocket([])
     with open(source, "rb") as f:
-        session = wsexec.Session(ws)  # type: ignore[arg-type]
+        session = wsexec.Session(ws, "p")  # type: ignore[arg-type]
         session._pump_stdin(f.fileno())
     assert ws.sent == [b"\x00data", b"\xff\x00"]
 
@@ -318,7 +342,7 @@ def test_session_on_v4_cannot_close_stdin(tmp_path: Path) -> None:
     source.write_bytes(b"data")
     ws = FakeSocket([], protocol="v4.channel.k8s.io")
     with open(source, "rb") as f:
-        wsexec.Session(ws)._pump_stdin(f.fileno())  # type: ignore[arg-type]
+        wsexec.Session(ws, "p")._pump_stdin(f.fileno())  # type: ignore[arg-type]
     assert ws.sent == [b"\x00data"]
 
 

@@ -8,6 +8,10 @@ import sys
 import time
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# The Kubernetes client logs whole response bodies at DEBUG (kubernetes.client.rest up to release 30;
+# "client" is its Configuration's package logger) and urllib3 every request line: pods, Events, tokens
+# in URLs. Whatever -v says, these stop at INFO.
+CLIENT_LOGGERS = ("kubernetes", "client", "urllib3")
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,8 +29,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def _not_client_debug(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.INFO:
+        return True
+    return not any(record.name == name or record.name.startswith(name + ".") for name in CLIENT_LOGGERS)
+
+
 def setup(log_format: str = "text", verbosity: int = 0) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_not_client_debug)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

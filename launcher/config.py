@@ -102,6 +102,9 @@ class LaunchConfig:
     triton_log_verbose: int = 0
     iso8601: bool = False
     model_load_threads: int = 2
+    # Rank 0's Triton APIs that answer only requests carrying the admin key (plan.ADMIN_KEY_ENV): loading
+    # models, shared memory, trace and log settings are no business of an inference client.
+    restricted_apis: tuple[str, ...] = ("model-repository", "shared-memory", "trace", "logging")
     extra_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     forward_env: tuple[str, ...] = DEFAULT_FORWARD_PREFIXES
     startup_timeout_s: float = 1800.0
@@ -161,6 +164,7 @@ def validate(config: LaunchConfig) -> LaunchConfig:
         )
     _validate_ports(config)
     _validate_env(config)
+    _validate_restricted_apis(config.restricted_apis)
     _require_positive("the model load thread count", "--model-load-threads", "LAUNCHER_MODEL_LOAD_THREADS",
                       config.model_load_threads)
     _require_positive("the startup timeout", "--startup-timeout", "LAUNCHER_STARTUP_TIMEOUT",
@@ -253,6 +257,20 @@ def _validate_env(config: LaunchConfig) -> None:
         if not _ENV_NAME.match(name):
             raise _fail(f"--forward-env {name!r}", "a forwarded name or prefix is letters, digits and _",
                         "write --forward-env NAME or --forward-env PREFIX_")
+
+
+TRITON_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
+               "trace", "logging")
+
+
+def _validate_restricted_apis(apis: tuple[str, ...]) -> None:
+    for api in apis:
+        if api not in TRITON_APIS:
+            raise _fail(f"--restricted-apis {api!r}", f"Triton's APIs are {', '.join(TRITON_APIS)}",
+                        "name those that need the admin key, comma-separated, or none")
+    if "health" in apis or "inference" in apis:
+        raise _fail(f"--restricted-apis={','.join(apis)}", "health and inference serve probes and clients",
+                    "leave them out")
 
 
 def parse_env_assignments(items: tuple[str, ...] | list[str]) -> tuple[dict[str, str], tuple[str, ...]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -152,11 +153,16 @@ def lws_members(lws_name: str, group_index: int, pods: int) -> list[Member]:
 
 RANK_VAR = "OMPI_COMM_WORLD_RANK"  # set by Open MPI 4.1 and 5 for every rank
 _RANK = "\0rank\0"  # stands for the rank number in a command that the rank script fills in
+ADMIN_KEY_ENV = "LAUNCHER_ADMIN_KEY"  # the restricted APIs' key: in the environment, never in an argv
+ADMIN_KEY_HEADER = "admin-key"
+_ADMIN_KEY = "\0key\0"  # stands for the key, which the rank script reads from its environment
+_EXPANSIONS = {_RANK: '"$r"', _ADMIN_KEY: f'"${ADMIN_KEY_ENV}"'}
+_PLACEHOLDER = re.compile("(\0rank\0|\0key\0)")
 
 
 def rank_argv(config: LaunchConfig, triton: TritonCommand, rank: int) -> tuple[str, ...]:
     """The tritonserver command line of one rank (with the nsys wrapper if enabled)."""
-    return _triton_words(config, triton, str(rank), serves=rank == 0)
+    return _triton_words(config, triton, str(rank), serves=rank == 0, key=f"${ADMIN_KEY_ENV}")
 
 
 def nsys_report_dir(config: LaunchConfig) -> str:
@@ -164,7 +170,8 @@ def nsys_report_dir(config: LaunchConfig) -> str:
     return f"{config.nsys.output_dir.rstrip('/')}/{config.pod_name or 'local'}"
 
 
-def _triton_words(config: LaunchConfig, triton: TritonCommand, rank: str, serves: bool) -> tuple[str, ...]:
+def _triton_words(config: LaunchConfig, triton: TritonCommand, rank: str, serves: bool,
+                  key: str = _ADMIN_KEY) -> tuple[str, ...]:
     argv = [
         triton.binary,
         f"--model-repository={config.model_repo}",
@@ -185,6 +192,10 @@ def _triton_words(config: LaunchConfig, triton: TritonCommand, rank: str, serves
             f"--grpc-port={config.grpc_port}",
             f"--metrics-port={config.metrics_port}",
         ]
+        if config.restricted_apis:
+            apis = ",".join(config.restricted_apis)
+            argv += [f"--http-restricted-api={apis}:{ADMIN_KEY_HEADER}={key}",
+                     f"--grpc-restricted-protocol={apis}:{ADMIN_KEY_HEADER}={key}"]
     else:
         argv += [
             "--allow-http=false",
@@ -206,9 +217,9 @@ def _triton_words(config: LaunchConfig, triton: TritonCommand, rank: str, serves
 
 
 def _shell_words(argv: Sequence[str]) -> str:
-    """``argv`` as one shell command line in which each rank placeholder reads the rank variable."""
-    return " ".join('"$r"'.join(shlex.quote(part) if part else "" for part in word.split(_RANK)) or "''"
-                    for word in argv)
+    """``argv`` as one shell command line in which each placeholder reads its variable."""
+    return " ".join("".join(_EXPANSIONS.get(part) or shlex.quote(part) for part in _PLACEHOLDER.split(word) if part)
+                    or "''" for word in argv)
 
 
 def rank_script(config: LaunchConfig, triton: TritonCommand, program: tuple[str, ...] | None) -> str:
@@ -291,12 +302,14 @@ def build_plan(
     )
     hosts = tuple(f"{m.pod}:{g}" for m in ordered)
     forwarded = forwarded_names(config, environ) + tuple(sorted(config.extra_env)) + (LAUNCH_ID_ENV,)
+    keyed = {ADMIN_KEY_ENV: environ.get(ADMIN_KEY_ENV) or secrets.token_hex(16)} if config.restricted_apis else {}
+    forwarded += tuple(keyed)
     forwarded = tuple(dict.fromkeys(forwarded))
     hostfile = hostfile or f"/tmp/launcher-{launch_id}.hosts"
     argv = (config.mpirun, *_mpirun_options(flavor, agent, is_root), "--hostfile", hostfile,
             *(word for name in forwarded for word in ("-x", name)),
             "-n", str(config.world_size), "sh", "-c", rank_script(config, triton, program), "rank")
-    env = {**config.extra_env, **agent_env(config), LAUNCH_ID_ENV: launch_id}
+    env = {**config.extra_env, **agent_env(config), LAUNCH_ID_ENV: launch_id, **keyed}
     return LaunchPlan(flavor, hosts, ranks, argv, env, forwarded, hostfile)
 
 

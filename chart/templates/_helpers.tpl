@@ -195,7 +195,8 @@ from LWS itself (LWS_GROUP_SIZE).
   (printf "--restart-window=%d" (int $v.restarts.windowSeconds))
   (printf "--restart-backoff=%d" (int $v.restarts.backoffSeconds))
   (printf "--restart-backoff-max=%d" (int $v.restarts.backoffMaxSeconds))
-  (printf "--log-format=%s" $v.logging.format) }}
+  (printf "--log-format=%s" $v.logging.format)
+  (printf "--restricted-apis=%s" (default "none" (join "," $v.adminApis.restricted))) }}
 {{- if $v.logging.verbose }}
 {{- $args = concat $args (list "--verbose" "--env=NCCL_DEBUG=INFO") }}
 {{- end }}

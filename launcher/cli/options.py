@@ -72,6 +72,9 @@ TRITON = [
          help="Triton --log-verbose level (default: the -v count)."),
     _opt("--model-load-threads", env="LAUNCHER_MODEL_LOAD_THREADS", type=int, default=D.model_load_threads,
          help="Triton --model-load-thread-count."),
+    _opt("--restricted-apis", env="LAUNCHER_RESTRICTED_APIS", default=",".join(D.restricted_apis),
+         metavar="API,...|none", help="Rank 0's Triton APIs that answer only requests whose admin-key header "
+         "matches LAUNCHER_ADMIN_KEY (unset: a random key per launch, so nobody can call them)."),
     _opt("--tritonserver", env="LAUNCHER_TRITONSERVER", default=D.tritonserver,
          help="tritonserver binary (name on PATH or path)."),
     _opt("--mpirun", env="LAUNCHER_MPIRUN", default=D.mpirun, help="mpirun binary (Open MPI 4.1 or 5.x)."),
@@ -155,7 +158,14 @@ RESTART_OPTIONS = {"on_permanent_error": "on_permanent_error", "restart_window":
                    "restart_backoff": "backoff_s", "restart_backoff_max": "backoff_max_s"}
 CANARY_OPTIONS = {"canary_model": "model", "canary_inputs": "inputs", "canary_interval": "interval_s",
                   "canary_deadline": "deadline_s", "canary_misses": "misses"}
-SPECIAL = {"extra_env", "forward_env", "nsys", "preflight", "restart", "canary", "triton_log_verbose", "iso8601"}
+SPECIAL = {"extra_env", "forward_env", "restricted_apis", "nsys", "preflight", "restart", "canary",
+           "triton_log_verbose", "iso8601"}
+
+
+def _api_list(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return D.restricted_apis
+    return () if text.strip() in ("", "none") else tuple(api.strip() for api in text.split(","))
 
 
 def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
@@ -171,6 +181,7 @@ def build_config(params: dict[str, Any], **overrides: Any) -> LaunchConfig:
         D,
         **{name: values[name] for name in LaunchConfig.__dataclass_fields__ if name in values and name not in SPECIAL},
         extra_env=extra_env,
+        restricted_apis=_api_list(values.get("restricted_apis")),
         forward_env=(tuple(values.get("forward_env", ())) or D.forward_env) + passed_on,
         nsys=dataclasses.replace(D.nsys, **pick(NSYS_OPTIONS)),
         preflight=dataclasses.replace(D.preflight, **pick(PREFLIGHT_OPTIONS)),

@@ -130,6 +130,8 @@ def test_long_release_names_leave_room_for_lws_pod_names(helm: Helm) -> None:
         pytest.param(("networkPolicy.monitoring[0].ipBlock.cidr=10.0.0.1",), "/networkPolicy/monitoring/0/ipBlock/cidr",
                      id="cidr-without-prefix"),
         pytest.param(("rankEnv.HF_TOKEN.secretRef=x",), "/rankEnv/HF_TOKEN", id="rank-env-unknown-form"),
+        pytest.param(("adminApis.restricted[0]=inference",), "/adminApis/restricted/0", id="restrict-inference"),
+        pytest.param(("adminApis.keySecret.name=adm",), "adminApis.keySecret.key is required", id="secret-without-key"),
         pytest.param(("gpuPerNodes=4",), "'gpuPerNodes' not allowed", id="unknown-key"),
         pytest.param(("rankEnv.bad-name=1",), "/rankEnv", id="bad-env-name"),
         pytest.param(("terminationGracePeriodSeconds=30",), "terminationGracePeriodSeconds (30) is shorter than "

@@ -3,6 +3,8 @@ resources, scheduling, Service, HPA, monitoring and RBAC."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from chart_helpers import (
     ALL_OPTIONS,
@@ -357,6 +359,19 @@ def test_network_policy_admits_the_group_clients_and_monitoring(helm: Helm) -> N
     assert [p["port"] for p in monitoring["ports"]] == [8002, 8080]
     assert monitoring["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
     assert not by_kind(helm.template(sets=("networkPolicy.enabled=false",)), "NetworkPolicy")
+
+
+def test_admin_apis_are_behind_a_key_from_a_secret(helm: Helm, tmp_path: Path) -> None:
+    leader = container(pod_templates(lws_of(helm, "adminApis.keySecret.name=triton-admin",
+                                            "adminApis.keySecret.key=key"))["leader"])
+    assert "--restricted-apis=model-repository,shared-memory,trace,logging" in leader["args"]
+    env = {item["name"]: item for item in leader["env"]}
+    assert env["LAUNCHER_ADMIN_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "triton-admin", "key": "key"}}
+    opened = tmp_path / "open-values.yaml"
+    opened.write_text("adminApis:\n  restricted: []\n")
+    plain = container(pod_templates(lws_of(helm, values=(TUTORIAL, opened)))["leader"])
+    assert "--restricted-apis=none" in plain["args"]
+    assert "LAUNCHER_ADMIN_KEY" not in {item["name"] for item in plain["env"]}
 
 
 def test_existing_service_account(helm: Helm) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from tests.integration.launch import (
     expected_output,
     infer,
     kill_leftovers,
+    launch_env,
     start_local,
     wait_launcher_ready,
     wait_ready,
@@ -38,7 +40,7 @@ def launches(tmp_path: Path) -> Iterator[list[LocalLaunch]]:
 
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_every_rank_contributes_to_the_answer(ranks: int, tmp_path: Path, launches: list[LocalLaunch]) -> None:
-    launch = start_local(tmp_path, ranks)
+    launch = start_local(tmp_path, ranks, env=launch_env(LAUNCHER_ADMIN_KEY="k-from-a-secret"))
     launches.append(launch)
     wait_ready(launch.ports.http, launch.proc)
     assert len(launch.rank_processes()) == ranks
@@ -46,6 +48,7 @@ def test_every_rank_contributes_to_the_answer(ranks: int, tmp_path: Path, launch
     assert infer(launch.ports.http, values) == (expected_output(values, ranks), ranks)
     assert infer(launch.ports.grpc, [3.0], protocol="grpc") == (expected_output([3.0], ranks), ranks)
     assert_launcher_infer(launch.ports.http)
+    assert_admin_apis_need_the_key(launch.ports.http, "k-from-a-secret")
     assert launch.stop() == 0
     assert launch.leftovers() == []
 
@@ -109,3 +112,17 @@ def assert_launcher_infer(port: int) -> None:
     assert (good.returncode, good.stdout) == (0, f"{EXAMPLE_MODEL} answered: OUTPUT FP32[1], RANKS INT32[1]\n"), good
     assert missing.returncode == ExitCode.NO_ANSWER and missing.stderr.count("\n") == 1, missing
     assert "no_such_model refused the inference (404" in missing.stderr
+
+
+def assert_admin_apis_need_the_key(port: int, key: str) -> None:
+    """Rank 0's model-repository API (load/unload: code from the repository) refuses a request without the
+    admin key (real Triton, --http-restricted-api); health and inference stay open."""
+    def index(*headers: tuple[str, str]) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("POST", "/v2/repository/index", headers=dict(headers))
+        status = connection.getresponse().status
+        connection.close()
+        return status
+
+    assert index() == 403 and index(("admin-key", "guess")) == 403
+    assert index(("admin-key", key)) == 200

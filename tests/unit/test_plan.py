@@ -12,6 +12,7 @@ import pytest
 from launcher.config import LaunchConfig, NsysConfig
 from launcher.errors import ConfigError
 from launcher.plan import (
+    ADMIN_KEY_ENV,
     LAUNCH_ID_ENV,
     LaunchPlan,
     Member,
@@ -80,8 +81,9 @@ def test_rank_script_runs_exactly_each_ranks_displayed_command(tmp_path: Path) -
                       environ={}, launch_id="i", is_root=False, agent="kubessh")
     script = plan.argv[plan.argv.index("-c") + 1]
     for rank in plan.ranks:
-        done = subprocess.run(["sh", "-c", script, "rank"], env={"OMPI_COMM_WORLD_RANK": str(rank.rank)},
-                              capture_output=True, check=True)
+        # (the displayed command names the key's variable, which the script expands)
+        done = subprocess.run(["sh", "-c", script, "rank"], capture_output=True, check=True,
+                              env={"OMPI_COMM_WORLD_RANK": str(rank.rank), ADMIN_KEY_ENV: f"${ADMIN_KEY_ENV}"})
         assert done.stdout.decode().split("\0")[:-1] == list(rank.argv), rank.rank
 
 
@@ -158,8 +160,10 @@ def test_forwarded_environment() -> None:
     plan = build_plan(config, lws_members("x", 0, 2), V4, triton=TritonCommand(), environ=environ,
                       launch_id="abc", is_root=False, agent="kubessh")
     xs = [plan.argv[i + 1] for i, a in enumerate(plan.argv) if a == "-x"]
-    assert set(xs) == {"NCCL_DEBUG", "FI_PROVIDER", "PATH", "CUDA_DEVICE_MAX_CONNECTIONS", "MY_FLAG", LAUNCH_ID_ENV}
-    assert plan.env == {"MY_FLAG": "1", LAUNCH_ID_ENV: "abc"}
+    assert set(xs) == {"NCCL_DEBUG", "FI_PROVIDER", "PATH", "CUDA_DEVICE_MAX_CONNECTIONS", "MY_FLAG", LAUNCH_ID_ENV,
+                       ADMIN_KEY_ENV}
+    key = plan.env.pop(ADMIN_KEY_ENV)
+    assert plan.env == {"MY_FLAG": "1", LAUNCH_ID_ENV: "abc"} and len(key) == 32  # a random key per launch
 
 
 @pytest.mark.parametrize("flavor", [V4, V5], ids=["ompi4.1", "ompi5"])
@@ -168,7 +172,7 @@ def test_exports_once_before_the_single_app_context(flavor: MpiFlavor) -> None:
     # 4.1.4); with one app context, one set of exports reaches every rank under both flavours.
     _, plan = plan_for(3, 2, flavor, extra_env={"MY_FLAG": "1"})
     xs = [i for i, a in enumerate(plan.argv) if a == "-x"]
-    assert [plan.argv[i + 1] for i in xs] == ["MY_FLAG", LAUNCH_ID_ENV]
+    assert [plan.argv[i + 1] for i in xs] == ["MY_FLAG", LAUNCH_ID_ENV, ADMIN_KEY_ENV]
     assert max(xs) < plan.argv.index("-n")
 
 
@@ -224,7 +228,7 @@ def test_text_plan_shows_table_and_command() -> None:
     assert "3     grp-0-1  1    model tensorrt_llm" in text
     assert "server http:8000 grpc:8001 metrics:8002" in text
     assert "hostfile /tmp/launcher-id1.hosts:\ngrp-0 slots=2\ngrp-0-1 slots=2\n" in text
-    assert f"-x {LAUNCH_ID_ENV} -n 4 sh -c " in text
+    assert f"-x {LAUNCH_ID_ENV} -x {ADMIN_KEY_ENV} -n 4 sh -c " in text
     for rank in plan.ranks:
         assert f"rank {rank.rank}: {shlex.join(rank.argv)}" in text
 
@@ -234,3 +238,16 @@ def test_agent_learns_the_group_from_mpiruns_environment() -> None:
     plan = build_plan(config, lws_members("x", 0, 2), V5, triton=TritonCommand(), environ={}, launch_id="i",
                       is_root=False, agent="kubessh")
     assert plan.env["LAUNCHER_GROUP_KEY"] == "abc123" and plan.env["LAUNCHER_NAMESPACE"] == "serving"
+
+
+def test_rank_0_restricts_admin_apis_to_the_key_in_its_environment() -> None:
+    plan = build_plan(LaunchConfig(tp=2, gpus_per_pod=1), lws_members("x", 0, 2), V5, triton=TritonCommand(),
+                      environ={ADMIN_KEY_ENV: "from-a-secret"}, launch_id="i", is_root=False, agent="kubessh")
+    apis = "model-repository,shared-memory,trace,logging"
+    assert {f"--http-restricted-api={apis}:admin-key=${ADMIN_KEY_ENV}",
+            f"--grpc-restricted-protocol={apis}:admin-key=${ADMIN_KEY_ENV}"} <= set(plan.ranks[0].argv)
+    assert not [a for a in plan.ranks[1].argv if "restricted" in a]  # rank 1 serves nothing
+    assert plan.env[ADMIN_KEY_ENV] == "from-a-secret" and "from-a-secret" not in " ".join(plan.argv)
+    open_plan = build_plan(LaunchConfig(tp=2, gpus_per_pod=1, restricted_apis=()), lws_members("x", 0, 2), V5,
+                           triton=TritonCommand(), environ={}, launch_id="i", is_root=False, agent="kubessh")
+    assert ADMIN_KEY_ENV not in open_plan.env and "restricted" not in " ".join(open_plan.argv)

@@ -228,7 +228,7 @@ def test_options_become_launcher_flags(helm: Helm) -> None:
     worker = container(pod_templates(lws)["worker"])
     assert worker["args"] == ["worker", "--health-port=9080", "--log-format=json", "--verbose"]
     env_names = [item["name"] for item in worker["env"]]
-    assert env_names == ["HF_HOME", "NODE_NAME"]
+    assert env_names == ["LAUNCHER_POD_UID", "HF_HOME", "NODE_NAME"]  # its uid: kubessh checks it in each exec
 
 
 def test_quiet_by_default(helm: Helm) -> None:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -204,6 +205,26 @@ def test_image_commands_run_in_the_container(served: Served) -> None:
     for argv in (["launcher", "--help"], ["kubessh", "--help"], ["python3", "/opt/launcher/server.py", "--help"]):
         result = kubectl_exec(s, leader.metadata.name, argv)
         assert result.returncode == 0 and "usage" in result.stdout.lower(), (argv, result.stdout, result.stderr)
+
+
+def test_every_process_runs_without_root_or_capabilities_on_read_only_files(served: Served) -> None:
+    """The chart's defaults, as the kernel sees them: uid 1000, no effective capability, no new
+    privileges, in both pods, for the launcher, Open MPI's daemon and every rank; the model repository
+    and the root filesystem refuse writes."""
+    s = served
+    pods = wait_for("a serving group", lambda: ready_group(s), s.describe, 60)
+    names = set()
+    for pod in pods:
+        for proc in container_processes(s.pid1(pod)):
+            status = dict(line.split(":\t", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                          if ":\t" in line)
+            assert status["Uid"].split()[:2] == ["1000", "1000"], (proc, status["Uid"])
+            assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"] == "1", (proc, status)
+            names.add(proc.name)
+    assert {"launcher", "tritonserver"} <= names and names & {"prted", "orted"}, names
+    for target in ("/var/run/models/toy/written", "/opt/written"):
+        result = kubectl_exec(s, pods[0].metadata.name, ["sh", "-c", f"echo x > {target}"])
+        assert result.returncode != 0 and "Read-only file system" in result.stderr, (target, result.stderr)
 
 
 def test_orphans_of_an_exec_are_reaped_by_the_containers_pid1(served: Served) -> None:

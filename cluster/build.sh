@@ -9,6 +9,8 @@ ETCD_VERSION=v3.6.8      # go.etcd.io/etcd/server/v3 (what k8s 1.36 tests with).
                          # etcd-server 3.4.23: it lacks RequestWatchProgress (3.4.31+), so every
                          # client-go 0.36 watch-list fails and informers fall back slowly.
 CNI_VERSION=v1.10.0      # github.com/containernetworking/plugins: bridge, host-local, loopback, portmap
+PROMETHEUS_VERSION=v0.316.0  # github.com/prometheus/prometheus = Prometheus 3.16.0: prometheus and promtool
+                             # for tests/monitoring (rules checked and unit-tested, a real scrape of a run)
 #
 # Output: $CACHE/bin/<name> plus $CACHE/bin/<name>.version (the pin it was built
 # from), the CNI plugins in $CACHE/bin/cni/;
@@ -102,5 +104,20 @@ build_cni() {
   stamp cni "$CNI_VERSION"
 }
 [[ "$(cat "$BIN/cni.version" 2>/dev/null)" == "$CNI_VERSION" ]] || timed build_cni
+
+# --- Prometheus and promtool (tests/monitoring) -------------------------------
+build_prometheus() {  # go install of both commands; the module's go.mod pins every dependency
+  local dir version X=github.com/prometheus/common/version
+  dir=$(moddir "github.com/prometheus/prometheus@$PROMETHEUS_VERSION"); version=$(cat "$dir/VERSION")
+  # remove_all_sd: no service discovery but static and file (the tests scrape static targets), so
+  # none of the cloud SDKs or the Kubernetes client is compiled. No builtinassets: no web UI; the
+  # HTTP API is all the tests use.
+  GOBIN="$BIN" $NICE go install -tags remove_all_sd \
+    -ldflags="-s -w -X $X.Version=$version -X $X.Revision=$PROMETHEUS_VERSION -X $X.Branch=module -X $X.BuildUser=build.sh" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  stamp prometheus "$PROMETHEUS_VERSION"; stamp promtool "$PROMETHEUS_VERSION"
+}
+{ fresh prometheus "$PROMETHEUS_VERSION" && fresh promtool "$PROMETHEUS_VERSION"; } || timed build_prometheus
 
 echo "build.sh: ready in $BIN"; (cd "$BIN" && for f in *.version; do echo "  ${f%.version}: $(cat "$f")"; done)

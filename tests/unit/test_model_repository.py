@@ -96,7 +96,8 @@ def test_garbage_engine_config(tmp_path: Path) -> None:
 def test_models_without_engine_are_not_checked(tmp_path: Path) -> None:
     toy = REPO / "launcher" / "examples" / "model_repository"
     assert check_engine(LaunchConfig(model_repo=toy, model="toy_tp")) is None
-    assert read_parameters(toy / "toy_tp" / "config.pbtxt") == {"collective": "auto"}
+    assert read_parameters(toy / "toy_tp" / "config.pbtxt") == {"collective": "auto", "rank_weights": "",
+                                                                 "read_rate": ""}
 
 
 # A repository shaped like TensorRT-LLM's all_models/inflight_batcher_llm after fill_template.py, with the

@@ -15,6 +15,14 @@ request in flight that long on rank 0 before the ranks compute (a slow
 request); ``hang_rank`` makes that rank block forever instead of taking part
 (a rank stuck in its collective: the world is wedged, every later request
 waits too).
+
+A slow load, for tests of the launcher's startup progress: parameter
+``rank_weights`` (or ``TOY_TP_WEIGHTS``) names each rank's weights file,
+``{rank}`` standing for the rank, relative to the model's directory unless
+absolute; every rank reads its file at load time in chunks, at most
+``read_rate`` bytes/s (or ``TOY_TP_READ_RATE``; unset or 0: as fast as it
+can), then waits for the others (a barrier), as TensorRT-LLM's ranks hold
+their shards before any serves.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import triton_python_backend_utils as pb_utils
 WORK_TAG = 17
 POLL_INTERVAL_S = 0.0005
 FINALIZE_WAIT_S = 0.5
+READ_CHUNK = 1 << 20  # the largest read; a throttled rate reads a twentieth of a second's worth at a time
 
 
 def _wait(request):
@@ -155,11 +164,30 @@ def _output(name, array):
     return pb_utils.Tensor.from_dlpack(name, torch.from_numpy(np.ascontiguousarray(array)))
 
 
+def _setting(args, key, env):
+    """The environment variable ``env`` if set, else the model's string parameter ``key`` ("" if neither)."""
+    if os.environ.get(env):
+        return os.environ[env]
+    params = json.loads(args["model_config"]).get("parameters", {})
+    return params.get(key, {}).get("string_value", "")
+
+
+def _read_weights(path, rate):
+    """Read ``path`` to its end, at most ``rate`` bytes/s (0: unthrottled); return the bytes read."""
+    chunk = READ_CHUNK if rate <= 0 else max(4096, min(READ_CHUNK, int(rate) // 20))
+    buffer = bytearray(chunk)
+    done, due = 0, time.monotonic()
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            done += n
+            if rate > 0:  # the next chunk when this one's time is up: no burst after a pause
+                due = max(due, time.monotonic()) + n / rate
+                time.sleep(max(0.0, due - time.monotonic()))
+    return done
+
+
 def _choose_collective(args) -> str:
-    wanted = os.environ.get("TOY_TP_COLLECTIVE")
-    if not wanted:
-        params = json.loads(args["model_config"]).get("parameters", {})
-        wanted = params.get("collective", {}).get("string_value", "auto")
+    wanted = _setting(args, "collective", "TOY_TP_COLLECTIVE") or "auto"
     if wanted == "auto":
         try:
             import torch
@@ -183,9 +211,21 @@ class TritonPythonModel:
             f"toy_tp rank {self.rank}/{self.world} on {socket.gethostname()} "
             f"collective={self.collective.name}"
         )
+        self._load_weights(args)
         if self.rank != 0:
             self.follower = threading.Thread(target=self._follow, daemon=True)
             self.follower.start()
+
+    def _load_weights(self, args):
+        pattern = _setting(args, "rank_weights", "TOY_TP_WEIGHTS")
+        if not pattern:
+            return
+        path = os.path.join(args["model_repository"], pattern.replace("{rank}", str(self.rank)))
+        started = time.monotonic()
+        size = _read_weights(path, float(_setting(args, "read_rate", "TOY_TP_READ_RATE") or 0))
+        pb_utils.Logger.log_info(f"toy_tp rank {self.rank}: read {size} bytes of {path} in "
+                                 f"{time.monotonic() - started:.1f}s")
+        _wait_all([self.comm.Ibarrier()])
 
     def _compute(self, x):
         x = self.collective.share_input(x)

@@ -32,6 +32,9 @@ from .errors import EngineMismatchError, ModelRepositoryError
 # Parameter names under which TensorRT-LLM's config.pbtxt names the engine.
 ENGINE_DIR_KEYS = ("engine_dir", "gpt_model_path")
 TOKENIZER_DIR_KEY = "tokenizer_dir"
+# A parameter of --model naming each rank's weights file ({rank}: the rank), for models other than
+# TensorRT-LLM's (the toy model): what the startup progress sizes the load by.
+RANK_WEIGHTS_KEY = "rank_weights"
 # Parameters TensorRT-LLM has no default for: a template left in one is refused (the others mean "not set").
 REQUIRED_PARAMETERS = ("gpt_model_path", TOKENIZER_DIR_KEY)
 # Where a tokenizer_dir serves only guided decoding (the tensorrt_llm model), which is off unless set.
@@ -208,18 +211,55 @@ def engine_parallelism(engine_config: dict[str, Any]) -> tuple[int, int]:
     raise KeyError("no pretrained_config.mapping or builder_config.tensor_parallel")
 
 
+def model_parameters(config: LaunchConfig) -> tuple[Path, dict[str, str]] | None:
+    """--model's config.pbtxt and its string parameters; None without one."""
+    pbtxt = config.model_repo / config.model / "config.pbtxt"
+    return (pbtxt, read_parameters(pbtxt)) if pbtxt.is_file() else None
+
+
+def engine_parameter(config: LaunchConfig) -> tuple[Path, str, str] | None:
+    """(--model's config.pbtxt, the parameter naming its TensorRT-LLM engine, its value); None without one."""
+    found = model_parameters(config)
+    if found is None:
+        return None
+    pbtxt, params = found
+    key = next((k for k in ENGINE_DIR_KEYS if k in params), None)
+    return None if key is None else (pbtxt, key, params[key])
+
+
+def rank_load_files(config: LaunchConfig) -> list[Path] | None:
+    """The file each rank of --model reads while it loads, in rank order: TensorRT-LLM's rank engines, or
+    the files a ``rank_weights`` parameter names (``{rank}``: the rank; relative to the model's directory
+    unless absolute). None where the repository does not say, or cannot be read."""
+    try:
+        engine = engine_parameter(config)
+        if engine is not None:
+            return None if "${" in engine[2] else rank_engine_files(Path(engine[2]))
+        found = model_parameters(config)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    pattern = found[1].get(RANK_WEIGHTS_KEY) if found else None
+    if not pattern:
+        return None
+    model_dir = config.model_repo / config.model
+    return [model_dir / pattern.replace("{rank}", str(rank)) for rank in range(config.world_size)]
+
+
+def rank_engine_files(engine_dir: Path) -> list[Path] | None:
+    """Every rank's engine file of the engine in ``engine_dir``, from its config.json; None where unknown."""
+    engine_config = json.loads((engine_dir / "config.json").read_text())
+    names = rank_engine_names(engine_config, *engine_parallelism(engine_config))
+    return None if names is None else [engine_dir / name for name in names]
+
+
 def check_engine(config: LaunchConfig) -> tuple[int, int] | None:
     """Compare the engine's tp/pp with the launch, then look for every rank's engine file.
 
     None when there is no engine to check."""
-    pbtxt = config.model_repo / config.model / "config.pbtxt"
-    if not pbtxt.is_file():
+    found = engine_parameter(config)
+    if found is None:
         return None
-    params = read_parameters(pbtxt)
-    key = next((k for k in ENGINE_DIR_KEYS if k in params), None)
-    if key is None:
-        return None
-    engine_dir = params[key]
+    pbtxt, key, engine_dir = found
     if "${" in engine_dir:
         raise ModelRepositoryError(
             f"{pbtxt}: parameter {key} is the unfilled template {engine_dir}; fill it before launching: "

@@ -20,12 +20,12 @@ import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import procs
+from .loadmeter import RANK_ENV_KEYS, WorkerExport, human_bytes
 from .observability import PREFIX, PhaseTracker, WorkerState, build_info
 
 log = logging.getLogger("launcher.worker")
 
 DAEMON_NAMES = ("orted", "prted")
-RANK_ENV_KEYS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 
 def _namespace(pid: int | str) -> str | None:
@@ -47,6 +47,7 @@ class WorkerAgent:
                                    registry=self.registry)
         self.losses = Counter(f"{PREFIX}_worker_rank_losses", "Times the pod's ranks were lost",
                               registry=self.registry)
+        self.load = WorkerExport(self.registry)  # the ranks' bytes read and GPU memory, for the leader's progress
         self._namespace = _namespace("self")
         self._known: dict[tuple[int, float], tuple[bool, int]] = {}
         self.ranks: dict[int, psutil.Process] = {}
@@ -114,6 +115,8 @@ class WorkerAgent:
                 return
             launchers = {**self.launchers, **launchers}
         self.launchers, self.ranks = launchers, ranks
+        if ranks:  # the parents from this look, not a second scan of /proc
+            self.load.publish(ranks, {pid: (parent, "") for (pid, _), (_, parent) in self._known.items()})
         self.ranks_gauge.set(len(ranks))
         self.daemons_gauge.set(len(launchers))
 
@@ -137,7 +140,12 @@ class WorkerAgent:
         return True, self.state.value
 
     def ready(self) -> tuple[bool, str]:
-        return self.live()
+        """As live, with the ranks' loading figures while there are ranks."""
+        ok, detail = self.live()
+        read = self.load.figures.rank_bytes
+        if ok and self.ranks and read:
+            detail += "; read " + ", ".join(f"rank {r} {human_bytes(b)}" for r, b in sorted(read.items()))
+        return ok, detail
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -108,6 +108,8 @@ class LaunchConfig:
     extra_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     forward_env: tuple[str, ...] = DEFAULT_FORWARD_PREFIXES
     startup_timeout_s: float = 1800.0
+    progress_interval_s: float = 10.0  # between startup progress lines
+    stall_warning_s: float = 120.0  # a loading rank that read no byte this long is named in a warning
     drain_delay_s: float = 0.0  # after SIGTERM, rank 0 keeps taking requests this long (endpoints propagate)
     drain_timeout_s: float = 30.0  # then the requests in flight get this long to finish
     stop_grace_s: float = 10.0
@@ -169,6 +171,9 @@ def validate(config: LaunchConfig) -> LaunchConfig:
                       config.model_load_threads)
     _require_positive("the startup timeout", "--startup-timeout", "LAUNCHER_STARTUP_TIMEOUT",
                       config.startup_timeout_s)
+    _require_positive("the progress interval", "--progress-interval", "LAUNCHER_PROGRESS_INTERVAL",
+                      config.progress_interval_s)
+    _require_positive("the stall warning time", "--stall-warning", "LAUNCHER_STALL_WARNING", config.stall_warning_s)
     _require_positive("the discovery timeout", "--discovery-timeout", "LAUNCHER_DISCOVERY_TIMEOUT",
                       config.discovery_timeout_s)
     _require_positive("the preflight deadline", "--preflight-deadline", "LAUNCHER_PREFLIGHT_DEADLINE",

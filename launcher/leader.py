@@ -27,7 +27,7 @@ from .model_repository import check_engine, check_model_repository
 from .mpi import detect_mpi
 from .observability import LeaderPhase, reserve_port
 from .outcome import Outcome, finish
-from .plan import LaunchPlan, Member, MpiFlavor, TritonCommand, agent_env, build_plan
+from .plan import ADMIN_KEY_ENV, LaunchPlan, Member, MpiFlavor, TritonCommand, agent_env, build_plan
 from .signals import install_stop_handlers
 from .supervisor import Supervisor, SupervisorOptions
 from .tritonbin import find_tritonserver
@@ -35,6 +35,7 @@ from .tritonbin import find_tritonserver
 if TYPE_CHECKING:
     from .observability import HealthServer, LeaderMetrics
     from .preflight.check import PreflightResult
+    from .startup import StartupMonitor
 
 log = logging.getLogger("launcher.leader")
 
@@ -86,6 +87,7 @@ class Leader:
     # In Kubernetes: where failures are kept across the group's recreations; with it, a failure parks
     # or backs off (config.restart, failures.py) instead of exiting at once.
     failure_log: FailureLog | None = None
+    live_bar: bool = False  # startup progress as a bar on the terminal instead of log lines (launcher local)
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -187,11 +189,21 @@ class Leader:
             endpoints=(self.config.http_port, self.config.grpc_port),
         )
         self.supervisor = Supervisor(
-            plan, options, self.serve_health, rank0_ready, self.stop, self.environ, self.group_changed
+            plan, options, self.serve_health, rank0_ready, self.stop, self.environ, self.group_changed,
+            progress=lambda: self.startup_monitor(plan),
         )
         if self.stop.is_set():
             raise LauncherError("stopped before launch", ExitCode.INTERRUPTED)
         return finish(self.supervisor.run())
+
+    def startup_monitor(self, plan: LaunchPlan) -> StartupMonitor:
+        from .progress import rank_sizes
+        from .startup import MonitorOptions, StartupMonitor
+
+        config = self.config
+        options = MonitorOptions(config.progress_interval_s, config.stall_warning_s, config.health_port,
+                                 config.http_port, plan.env.get(ADMIN_KEY_ENV), self.live_bar)
+        return StartupMonitor(plan, rank_sizes(config), options)
 
     def _failed(self, exc: LauncherError) -> int:
         """Keep the reason (termination log, Events), then park, back off or exit (failures.py)."""
@@ -235,7 +247,8 @@ class Leader:
             return False, "not ready: stopping"
         supervisor = self.supervisor
         if supervisor is None or not supervisor.ready:
-            return False, f"not ready: {self.metrics.phases.current.value}"
+            progress = supervisor.progress.readiness_suffix() if supervisor and supervisor.progress else ""
+            return False, f"not ready: {self.metrics.phases.current.value}{progress}"
         if not supervisor.all_ranks_alive:
             return False, "not ready: a rank is gone"
         return True, "ready"

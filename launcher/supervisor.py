@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import psutil
 
     from .observability import LeaderMetrics
+    from .startup import StartupMonitor
 
 log = logging.getLogger("launcher.supervisor")
 
@@ -116,8 +117,11 @@ class Supervisor:
         stop: threading.Event,
         environ: dict[str, str] | None = None,
         group_changed: Callable[[], Outcome | None] | None = None,
+        progress: Callable[[], StartupMonitor] | None = None,
     ) -> None:
         self.plan = plan
+        self.start_progress = progress  # made once mpirun runs: its imports are not on the way to starting it
+        self.progress: StartupMonitor | None = None  # the load's progress, from mpirun's start until rank 0 is ready
         self.options = options
         self.serve = serve  # the leader's metrics (and health server), once mpirun runs
         self._metrics: LeaderMetrics | None = None
@@ -142,6 +146,9 @@ class Supervisor:
                 self._metrics = self.serve()
                 self.metrics.ranks_expected.set(len(self.plan.ranks))
                 self.metrics.phases.enter(LeaderPhase.LAUNCH)
+                if self.start_progress is not None:
+                    self.progress = self.start_progress()
+                    self.progress.start(self.proc.pid, self.metrics.registry)
                 outcome = self._monitor(self.proc, started)
                 return outcome
             finally:
@@ -193,6 +200,8 @@ class Supervisor:
             self.time_to_ready_s = elapsed
             self.metrics.time_to_ready.set(elapsed)
             self.metrics.phases.enter(LeaderPhase.SERVING)
+            if self.progress is not None:
+                self.progress.finish()
             log.info("rank 0 ready after %.2fs: serving", elapsed)
             if self.options.canary.model:
                 self.canary = Canary(self.options.canary_port, self.options.canary).start()
@@ -287,6 +296,8 @@ class Supervisor:
             self.metrics.phases.enter(LeaderPhase.STOPPING)
             self.metrics.rank0_ready.set(0)
         self.rank0_ready.close()
+        if self.progress is not None:
+            self.progress.close()
         if self.canary is not None:
             self.canary.close()
         begun = time.monotonic()

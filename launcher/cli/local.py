@@ -47,4 +47,6 @@ def local(**params: Any) -> int:
     # packages, whatever the MPI daemon does to PATH.
     environ = dict(os.environ)
     environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environ.get("PATH", "")])
-    return Leader(config, discover, agent=None, environ=environ).run()
+    # On a terminal, a live bar shows the startup progress instead of its log lines.
+    live_bar = sys.stderr.isatty() and params["log_format"] == "text"
+    return Leader(config, discover, agent=None, environ=environ, live_bar=live_bar).run()

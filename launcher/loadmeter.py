@@ -50,18 +50,41 @@ class PodFigures:
 
 def process_table() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, name) of every process, from /proc/<pid>/stat."""
-    table = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:  # gone meanwhile
-                continue
-            close = stat.rfind(b")")
-            name = stat[stat.find(b"(") + 1 : close].decode(errors="replace")
-            table[int(entry.name)] = (int(stat[close + 2 :].split(b" ", 2)[1]), name)
-    return table
+    return ProcessTable()(full=True)
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, name) of a process; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    close = stat.rfind(b")")
+    return int(stat[close + 2 :].split(b" ", 2)[1]), stat[stat.find(b"(") + 1 : close].decode(errors="replace")
+
+
+class ProcessTable:
+    """``process_table``, reading only the processes not seen before unless asked for a full read: listing
+    /proc costs a twentieth of reading every process's stat. A process's parent and name change only when
+    it is orphaned or execs, so a caller reads fully while that matters (its ranks not all found yet) and
+    now and then."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[int, str]] = {}
+
+    def __call__(self, full: bool = False) -> dict[int, tuple[int, str]]:
+        table = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                pid = int(name)
+                entry = None if full else self._known.get(pid)
+                if entry is None:
+                    entry = _stat(pid)
+                if entry is not None:
+                    table[pid] = entry
+        self._known = table
+        return table
 
 
 def children_of(table: Mapping[int, tuple[int, str]]) -> dict[int, list[int]]:

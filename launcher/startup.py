@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from .loadmeter import GpuMeter, PodFigures, RankMeter, parse_pod_figures, process_table, rank_roots_under
+from .loadmeter import GpuMeter, PodFigures, ProcessTable, RankMeter, parse_pod_figures, rank_roots_under
 from .plan import ADMIN_KEY_HEADER, LaunchPlan
 from .progress import StartupProgress, Summary, duration, format_line, readiness_suffix
 
@@ -33,6 +33,7 @@ log = logging.getLogger("launcher.progress")
 SAMPLE_INTERVAL_S = 1.0
 FETCH_TIMEOUT_S = 1.0
 MIN_RATE_WINDOW_S = 5.0
+FULL_READ_S = 10.0  # every stat of /proc read again: names and parents that changed (exec, orphans)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +144,8 @@ class StartupMonitor:
         self._stop = threading.Event()
         self._last_line = False  # on finish: one more sample and line
         self._thread: threading.Thread | None = None
-        self._meter, self._gpus = RankMeter(), GpuMeter()
+        self._meter, self._gpus, self._table = RankMeter(), GpuMeter(), ProcessTable()
+        self._roots, self._full_read_at = 0, 0.0  # this pod's ranks found, when /proc is next read in full
         self._pool = concurrent.futures.ThreadPoolExecutor(min(16, max(1, len(self.placement) - 1)), "figures")
 
     def start(self, mpirun_pid: int, registry: CollectorRegistry) -> None:
@@ -209,10 +211,14 @@ class StartupMonitor:
         return summary
 
     def _local(self) -> PodFigures:
-        table = process_table()
         mine = set(self.placement[self.here])
+        full = self._roots < len(mine) or time.monotonic() >= self._full_read_at
+        if full:
+            self._full_read_at = time.monotonic() + FULL_READ_S
+        table = self._table(full)
         roots = [pid for pid in rank_roots_under(table, self._mpirun) if self._meter.rank_of(pid) in mine]
         read = self._meter.sample(roots, table)
+        self._roots = len(roots)
         return PodFigures({r: b for r, b in read.items() if r in mine}, len(roots), self._gpus.used())
 
     def _remote(self) -> dict[str, PodFigures | None]:

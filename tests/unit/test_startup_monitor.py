@@ -109,7 +109,7 @@ def test_a_broken_sample_ends_the_progress_not_the_launch(mpirun: tuple[subproce
     def broken(*_args: object) -> None:
         raise RuntimeError("no /proc here")
 
-    monkeypatch.setattr("launcher.startup.process_table", broken)
+    monkeypatch.setattr("launcher.loadmeter.ProcessTable.__call__", broken)
     options = MonitorOptions(interval_s=0.5, stall_s=1.0, health_port=free_port(), http_port=free_port())
     monitor = StartupMonitor(plan({"here": [0, 1]}), None, options)
     monitor.start(mpirun[0].pid, CollectorRegistry())

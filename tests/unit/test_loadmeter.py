@@ -81,6 +81,18 @@ def test_gpu_memory_from_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     assert GpuMeter().used() == {0: 5 * 2**30, 1: 2**30}
 
 
+def test_gpu_memory_without_the_drivers_reservation_where_nvml_has_version_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An H200 with nothing on it: version 1 says 615 MiB used (the driver's reservation), nvidia-smi and
+    version 2 say 0 (seen on a lent H200, driver 580.159.04, nvidia-ml-py 13.615.71)."""
+    def info(handle: int, version: object = None) -> types.SimpleNamespace:
+        return types.SimpleNamespace(used=0 if version == "v2" else 615 * MiB)
+
+    monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 1, nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetMemoryInfo=info, nvmlMemory_v2="v2"))
+    assert GpuMeter().used() == {0: 0}
+
+
 def test_no_gpu_figures_without_nvml_or_its_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: import fails
     assert GpuMeter().used() == {}

@@ -4,7 +4,7 @@
 role supplies; ``/metrics`` serves a registry private to this process so tests
 can run several roles side by side.
 
-``prometheus_client`` and ``http.server`` are imported when metrics or the
+``prometheus_client`` and the server are imported when metrics or the
 server are first made, not with this module: a launch with static hosts
 starts mpirun first and serves health right after, sparing their import
 time (about 80 ms of the launcher's start with the supervisor's psutil).
@@ -23,9 +23,9 @@ from . import __version__
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from http.server import BaseHTTPRequestHandler
-
     from prometheus_client import CollectorRegistry
+
+    from .probeserver import Respond
 
 PREFIX = "launcher"
 
@@ -139,61 +139,39 @@ def reserve_port(port: int, host: str = "0.0.0.0") -> socket.socket:
 
 
 class HealthServer:
-    """A small threaded HTTP server for /healthz, /readyz and /metrics."""
+    """/healthz, /readyz and /metrics on one thread (``probeserver``: bounded connections and time)."""
 
     def __init__(self, port: int | socket.socket, registry: CollectorRegistry, live: Check, ready: Check,
-                 host: str = "0.0.0.0") -> None:
+                 host: str = "0.0.0.0", timeout_s: float = 5.0, max_connections: int = 128) -> None:
         """``port``: a port to bind, or a socket ``reserve_port`` bound earlier."""
-        from http.server import ThreadingHTTPServer
+        from .probeserver import ProbeServer
 
         bound = port if isinstance(port, socket.socket) else reserve_port(port, host)
-        self._server = ThreadingHTTPServer(bound.getsockname(), _make_handler(registry, live, ready),
-                                           bind_and_activate=False)
-        self._server.socket.close()
-        self._server.socket = bound
-        self._server.server_activate()
-        self._server.daemon_threads = True
-        # a short poll interval: shutdown() waits for the serving loop to notice (0.5 s by default)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="health", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+        self.server = ProbeServer(bound, _responder(registry, live, ready), timeout_s=timeout_s,
+                                  max_connections=max_connections)
+        self.port = int(bound.getsockname()[1])
+        self._thread = threading.Thread(target=self.server.serve, name="health", daemon=True)
 
     def start(self) -> HealthServer:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self._thread.is_alive():
+            self.server.stop()
+            self._thread.join(5)
+        self.server.close()
 
 
-def _make_handler(registry: CollectorRegistry, live: Check, ready: Check) -> type[BaseHTTPRequestHandler]:
-    from http.server import BaseHTTPRequestHandler
-
+def _responder(registry: CollectorRegistry, live: Check, ready: Check) -> Respond:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path in ("/healthz", "/readyz"):
-                ok, detail = (live if path == "/healthz" else ready)()
-                self._send(200 if ok else 503, (detail + "\n").encode(), "text/plain; charset=utf-8")
-            else:
-                self._send(404, b"not found\n", "text/plain; charset=utf-8")
+    def respond(path: str) -> tuple[int, bytes, str]:
+        if path == "/metrics":
+            return 200, generate_latest(registry), CONTENT_TYPE_LATEST
+        if path in ("/healthz", "/readyz"):
+            ok, detail = (live if path == "/healthz" else ready)()
+            return 200 if ok else 503, (detail + "\n").encode(), "text/plain; charset=utf-8"
+        return 404, b"not found\n", "text/plain; charset=utf-8"
 
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:  # probes every few seconds: stay quiet
-            pass
-
-    return Handler
+    return respond

@@ -174,7 +174,7 @@ class Leader:
         self._enter(LeaderPhase.READINESS)
         if self.agent is not None and len(members) > 1:
             wait_until_reachable(self.agent, members[1:], self.config.discovery_timeout_s, self.stop,
-                                 {**self.environ, **agent_env(self.config)})
+                                 {**self.environ, **agent_env(self.config, members)})
         if self.config.preflight.enabled:
             self._enter(LeaderPhase.PREFLIGHT)
             self.preflight(members, mpirun, flavor, triton)

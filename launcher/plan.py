@@ -22,11 +22,14 @@ pod keep peer access to each other's GPUs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import secrets
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from kubessh.args import POD_UIDS_ENV
 
 from .config import LaunchConfig
 from .errors import ConfigError
@@ -44,6 +47,7 @@ class Member:
     pod: str
     address: str
     worker_index: int
+    uid: str = ""  # the pod's uid when discovery read it from the API (kubessh checks it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,13 +247,16 @@ def forwarded_names(config: LaunchConfig, environ: Mapping[str, str]) -> tuple[s
     return tuple(sorted(names))
 
 
-def agent_env(config: LaunchConfig) -> dict[str, str]:
-    """What the agent (kubessh) reads from mpirun's environment: the group it may enter."""
+def agent_env(config: LaunchConfig, members: Sequence[Member]) -> dict[str, str]:
+    """What the agent (kubessh) reads from mpirun's environment: the group it may enter, and the uid of
+    each pod discovery found (kubessh enters only those pods, only while they are those pods)."""
     env = {}
     if config.group_key:
         env["LAUNCHER_GROUP_KEY"] = config.group_key
     if config.namespace:
         env["LAUNCHER_NAMESPACE"] = config.namespace
+    if members and all(m.uid for m in members):
+        env[POD_UIDS_ENV] = json.dumps({m.pod: m.uid for m in members}, separators=(",", ":"))
     return env
 
 
@@ -309,7 +316,7 @@ def build_plan(
     argv = (config.mpirun, *_mpirun_options(flavor, agent, is_root), "--hostfile", hostfile,
             *(word for name in forwarded for word in ("-x", name)),
             "-n", str(config.world_size), "sh", "-c", rank_script(config, triton, program), "rank")
-    env = {**config.extra_env, **agent_env(config), LAUNCH_ID_ENV: launch_id, **keyed}
+    env = {**config.extra_env, **agent_env(config, ordered), LAUNCH_ID_ENV: launch_id, **keyed}
     return LaunchPlan(flavor, hosts, ranks, argv, env, forwarded, hostfile)
 
 

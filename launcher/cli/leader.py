@@ -19,6 +19,7 @@ from .options import GROUP, HEALTH, LOGGING, PARALLELISM, TRITON, apply, build_c
 if TYPE_CHECKING:
     from ..k8s import KubernetesGroup
     from ..k8s.events import GroupEvents
+    from ..k8s.pods import GroupIdentity
 
 log = logging.getLogger("launcher.leader")
 
@@ -83,7 +84,25 @@ def kubernetes_group(config: LaunchConfig) -> KubernetesGroup:
             "from the label leaderworkerset.sigs.k8s.io/group-key), or pass static --hosts"
         )
     namespace = resolve_namespace(config.namespace)
-    return KubernetesGroup(namespace, config.group_key, config.pods, config.discovery_timeout_s)
+    return KubernetesGroup(namespace, config.group_key, config.pods, config.discovery_timeout_s,
+                           identity=leader_identity(config))
+
+
+def leader_identity(config: LaunchConfig) -> GroupIdentity:
+    """This pod's own name and uid: discovery accepts only the pods LeaderWorkerSet names after it."""
+    from ..k8s.pods import GroupIdentity, check_leader_name
+
+    if not config.pod_name:
+        raise _unset("--pod-name", "LAUNCHER_POD_NAME", "metadata.name")
+    if not config.pod_uid:
+        raise _unset("--pod-uid", "LAUNCHER_POD_UID", "metadata.uid")
+    check_leader_name(config.pod_name)
+    return GroupIdentity(config.pod_name, config.pod_uid)
+
+
+def _unset(flag: str, env: str, field: str) -> ConfigError:
+    return ConfigError(f"{flag} is not set: Kubernetes discovery accepts only the pods named after this leader "
+                       f"pod; set {env} from the downward API (fieldRef {field}), or pass static --hosts")
 
 
 def group_events(config: LaunchConfig, namespace: str) -> GroupEvents | None:

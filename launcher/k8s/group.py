@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ExitCode, LauncherError
 from ..outcome import Ended, Outcome
 from ..plan import Member
-from .pods import PodState, change_of, members_if_complete, running_count
+from .pods import GroupIdentity, PodState, change_of, inferred_identity, members_if_complete, screen
 from .watch import PodWatch, load_api_client
 
 log = logging.getLogger("launcher.k8s")
@@ -33,16 +33,23 @@ def resolve_namespace(namespace: str | None, sa_file: Path = SERVICE_ACCOUNT_NAM
 
 
 class KubernetesGroup:
-    """``discover(stop)`` for the leader, then ``changed()`` for the supervisor (None while intact)."""
+    """``discover(stop)`` for the leader, then ``changed()`` for the supervisor (None while intact).
+
+    A pod counts only if ``identity`` accepts it: named and controlled as LeaderWorkerSet makes the
+    group's pods (the leader passes its own name and uid); the group key label alone is not enough.
+    Without an identity (a caller outside the leader pod) it is inferred from the worker-0 pod."""
 
     def __init__(self, namespace: str, group_key: str, size: int, timeout_s: float,
-                 api_client: Callable[[], Any] = load_api_client, progress_interval_s: float = 10.0) -> None:
+                 api_client: Callable[[], Any] = load_api_client, progress_interval_s: float = 10.0,
+                 identity: GroupIdentity | None = None) -> None:
         self.namespace, self.group_key, self.size, self.timeout_s = namespace, group_key, size, timeout_s
+        self.identity = identity
         self._api_client = api_client
         self._progress_interval_s = progress_interval_s
         self._watch: PodWatch | None = None
         self._baseline: list[PodState] = []
         self._seen_ready: set[str] = set()
+        self._refused: set[str] = set()  # uids of pods reported as not the group's
 
     def __call__(self, stop: threading.Event) -> Sequence[Member]:
         watch = self._watch = PodWatch.of_group(self._api_client(), self.namespace, self.group_key).start()
@@ -55,13 +62,14 @@ class KubernetesGroup:
                     raise self._timeout(0, ["no answer from the API server"])
                 watch.wait_newer(generation, min(0.5, deadline - time.monotonic()))
                 continue
-            members, missing = members_if_complete(pods.values(), self.size)
+            chosen = self._screen(pods.values())
+            members, missing = members_if_complete(chosen, self.size)
             if members is not None:
                 self._baseline = [pods[m.pod] for m in members[1:]]
                 log.info("discovery: %d/%d pods running: %s", self.size, self.size,
                          ", ".join(f"{m.pod}={m.address}" for m in members))
                 return members
-            count, now = running_count(pods.values(), self.size), time.monotonic()
+            count, now = sum(1 for pod in chosen.values() if pod.running), time.monotonic()
             if count != shown or now >= next_progress:
                 log.info("discovery: %d/%d pods running (%s)", count, self.size, "; ".join(missing))
                 shown, next_progress = count, now + self._progress_interval_s
@@ -70,6 +78,18 @@ class KubernetesGroup:
             if now >= deadline:
                 raise self._timeout(count, missing)
             watch.wait_newer(generation, min(0.5, deadline - now))
+
+    def _screen(self, pods: Iterable[PodState]) -> dict[int, PodState]:
+        """The group's pods by worker index; a pod with the group's labels but not its identity is
+        reported once and ignored."""
+        pods = list(pods)
+        chosen, refused = screen(pods, self.size, self.identity or inferred_identity(pods))
+        for pod, why in refused:
+            if pod.uid not in self._refused:
+                self._refused.add(pod.uid)
+                log.warning("discovery: ignoring pod %s: it has group key %s and worker index %s but %s",
+                            pod.name, self.group_key, pod.worker_index, why)
+        return chosen
 
     def _timeout(self, count: int, missing: list[str]) -> LauncherError:
         return LauncherError(

@@ -8,9 +8,11 @@ without a cluster.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..errors import ConfigError, ExitCode, LauncherError
 from ..plan import Member
 
 GROUP_KEY_LABEL = "leaderworkerset.sigs.k8s.io/group-key"
@@ -28,6 +30,7 @@ class PodState:
     restarts: int  # sum of the containers' restart counts
     ready: bool  # every container ready
     reason: str  # why it is not running yet ("" when nothing to say)
+    controller: str = ""  # KIND/NAME of its controlling owner reference ("" if none)
 
     @property
     def running(self) -> bool:
@@ -61,6 +64,13 @@ def _reason(status: Any) -> str:
     return ": ".join(p for p in (status.reason, status.message) if p)
 
 
+def _controller(meta: Any) -> str:
+    for owner in meta.owner_references or []:
+        if owner.controller:
+            return f"{owner.kind}/{owner.name}"
+    return ""
+
+
 def pod_state(pod: Any) -> PodState:
     """Narrow a ``V1Pod`` to the fields the launcher decides on."""
     meta, status = pod.metadata, pod.status
@@ -75,25 +85,84 @@ def pod_state(pod: Any) -> PodState:
         restarts=sum(int(c.restart_count or 0) for c in containers),
         ready=bool(containers) and all(bool(c.ready) for c in containers),
         reason=_reason(status) if status is not None else "",
+        controller=_controller(meta),
     )
 
 
-def best_per_index(pods: Iterable[PodState], size: int) -> dict[int, PodState]:
-    """One pod per worker index in range; a replacement (not terminating) wins over the pod it replaces."""
+_LEADER_NAME = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?)-(0|[1-9][0-9]*)\Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupIdentity:
+    """The pods LeaderWorkerSet makes for one group: the leader ``<lws>-<group>``, controlled by the
+    StatefulSet ``<lws>``, and worker i ``<leader>-<i>``, controlled by the StatefulSet ``<leader>``.
+    A name is unique in its namespace; labels can be copied by anyone who may create pods."""
+
+    leader: str
+    leader_uid: str
+
+    def expected(self, index: int) -> tuple[str, str]:
+        """(pod name, controlling owner) of worker ``index``."""
+        if index == 0:
+            return self.leader, f"StatefulSet/{self.leader.rsplit('-', 1)[0]}"
+        return f"{self.leader}-{index}", f"StatefulSet/{self.leader}"
+
+    def refusal(self, pod: PodState, index: int) -> str | None:
+        """Why ``pod``, labelled worker ``index``, is not that worker of this group; None if it is."""
+        name, owner = self.expected(index)
+        if pod.name != name:
+            return f"worker {index} of this group is named {name}"
+        if pod.controller != owner:
+            return f"it is controlled by {pod.controller or 'nothing'}, not {owner}"
+        if index == 0 and pod.uid != self.leader_uid:
+            return f"its uid is {pod.uid}, not this leader's {self.leader_uid}"
+        return None
+
+
+def check_leader_name(name: str) -> None:
+    if not _LEADER_NAME.match(name):
+        raise ConfigError(f"--pod-name={name!r}: a LeaderWorkerSet leader pod is named <lws>-<group index>; set "
+                          "LAUNCHER_POD_NAME from the leader pod's downward API (fieldRef metadata.name)")
+
+
+def inferred_identity(pods: Iterable[PodState]) -> GroupIdentity | None:
+    """The identity a worker-0 pod shaped as LWS makes its leader names, for callers that do not know
+    their own pod (tools, tests); None while there is none. The leader itself is always told its name."""
+    leaders = [p for p in pods if p.worker_index == 0 and _LEADER_NAME.match(p.name)
+               and p.controller == f"StatefulSet/{p.name.rsplit('-', 1)[0]}"]
+    if len(leaders) > 1:
+        raise ambiguous(0, leaders)
+    return GroupIdentity(leaders[0].name, leaders[0].uid) if leaders else None
+
+
+def ambiguous(index: int, pods: list[PodState]) -> LauncherError:
+    found = ", ".join(f"{p.name} (uid {p.uid})" for p in pods)
+    return LauncherError(f"discovery: worker {index} has {len(pods)} candidate pods ({found}); LeaderWorkerSet "
+                         "makes one per index: delete the pods that are not the group's", ExitCode.GROUP_CHANGED)
+
+
+def screen(pods: Iterable[PodState], size: int, identity: GroupIdentity | None
+           ) -> tuple[dict[int, PodState], list[tuple[PodState, str]]]:
+    """The one pod of each worker index in range that ``identity`` accepts, and the pods it refused with
+    why. No identity yet (nothing accepted): every labelled pod waits. Two accepted for one index raise."""
     chosen: dict[int, PodState] = {}
+    refused: list[tuple[PodState, str]] = []
     for pod in sorted(pods, key=lambda p: p.name):
         index = pod.worker_index
-        if index is None or not 0 <= index < size:
+        if index is None or not 0 <= index < size or identity is None:
             continue
-        current = chosen.get(index)
-        if current is None or (current.terminating and not pod.terminating):
+        why = identity.refusal(pod, index)
+        if why is not None:
+            refused.append((pod, why))
+        elif index in chosen:
+            raise ambiguous(index, [chosen[index], pod])
+        else:
             chosen[index] = pod
-    return chosen
+    return chosen, refused
 
 
-def members_if_complete(pods: Iterable[PodState], size: int) -> tuple[list[Member] | None, list[str]]:
+def members_if_complete(chosen: Mapping[int, PodState], size: int) -> tuple[list[Member] | None, list[str]]:
     """The members in worker-index order once every index runs, else None and what is missing."""
-    chosen = best_per_index(pods, size)
     missing = []
     for index in range(size):
         pod = chosen.get(index)
@@ -103,11 +172,7 @@ def members_if_complete(pods: Iterable[PodState], size: int) -> tuple[list[Membe
             missing.append(f"worker {index}: {pod.describe()}")
     if missing:
         return None, missing
-    return [Member(chosen[i].name, chosen[i].ip, i) for i in range(size)], []
-
-
-def running_count(pods: Iterable[PodState], size: int) -> int:
-    return sum(1 for pod in best_per_index(pods, size).values() if pod.running)
+    return [Member(chosen[i].name, chosen[i].ip, i, chosen[i].uid) for i in range(size)], []
 
 
 def change_of(baseline: PodState, now: PodState | None) -> str | None:

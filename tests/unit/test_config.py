@@ -142,3 +142,18 @@ def test_environment_fallbacks_and_tutorial_flags(clean_env: None, monkeypatch: 
     assert str(config.model_repo) == "/models"
     assert config.group_key == "abc" and config.namespace == "ns" and config.group_size == 2
     assert config.nsys.enabled and config.iso8601 and config.triton_log_verbose == 1
+
+
+@pytest.mark.parametrize("argv,line", [
+    ([], "launcher: error: --pod-name is not set: Kubernetes discovery accepts only the pods named after this "
+         "leader pod; set LAUNCHER_POD_NAME from the downward API (fieldRef metadata.name), or pass static --hosts"),
+    (["--pod-name=llama-0"], "launcher: error: --pod-uid is not set: Kubernetes discovery accepts only the pods "
+     "named after this leader pod; set LAUNCHER_POD_UID from the downward API (fieldRef metadata.uid), or pass "
+     "static --hosts"),
+    (["--pod-name=llama", "--pod-uid=u1"], "launcher: error: --pod-name='llama': a LeaderWorkerSet leader pod is "
+     "named <lws>-<group index>; set LAUNCHER_POD_NAME from the leader pod's downward API (fieldRef metadata.name)"),
+])
+def test_kubernetes_discovery_needs_the_leaders_own_name_and_uid(
+        argv: list[str], line: str, clean_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["leader", "--group-key=k", "--namespace=ns", *argv]) == ExitCode.CONFIG_INVALID
+    assert capsys.readouterr().err.strip().splitlines() == [line]

@@ -14,7 +14,15 @@ from kubernetes import client
 
 from launcher.errors import ConfigError, ExitCode, LauncherError
 from launcher.k8s import GROUP_KEY_LABEL, WORKER_INDEX_LABEL, KubernetesGroup, resolve_namespace
-from launcher.k8s.pods import PodState, change_of, members_if_complete, pod_state, running_count
+from launcher.k8s.pods import (
+    GroupIdentity,
+    PodState,
+    change_of,
+    inferred_identity,
+    members_if_complete,
+    pod_state,
+    screen,
+)
 from launcher.k8s.watch import access_error
 from launcher.observability import LeaderMetrics
 from launcher.outcome import Ended, Outcome, exit_code, finish
@@ -25,26 +33,40 @@ from launcher.supervisor import Supervisor, SupervisorOptions
 def v1pod(name: str, index: str | None, phase: str | None = "Running", ip: str | None = "10.0.0.1",
           uid: str = "u1", deleting: bool = False, restarts: int = 0, ready: bool = True,
           conditions: list[client.V1PodCondition] | None = None,
-          waiting: client.V1ContainerStateWaiting | None = None) -> client.V1Pod:
+          waiting: client.V1ContainerStateWaiting | None = None,
+          owners: list[client.V1OwnerReference] | None = None) -> client.V1Pod:
     labels = {GROUP_KEY_LABEL: "k"} | ({WORKER_INDEX_LABEL: index} if index is not None else {})
     statuses = [client.V1ContainerStatus(
         name="main", image="i", image_id="", ready=ready, restart_count=restarts,
         state=client.V1ContainerState(waiting=waiting))]
     return client.V1Pod(
-        metadata=client.V1ObjectMeta(name=name, uid=uid, labels=labels,
+        metadata=client.V1ObjectMeta(name=name, uid=uid, labels=labels, owner_references=owners,
                                      deletion_timestamp="2026-01-01T00:00:00Z" if deleting else None),
         status=client.V1PodStatus(phase=phase, pod_ip=ip, conditions=conditions, container_statuses=statuses))
 
 
 def state(name: str, index: int | None, phase: str = "Running", ip: str = "10.0.0.1", uid: str = "u1",
-          terminating: bool = False, restarts: int = 0, ready: bool = True, reason: str = "") -> PodState:
-    return PodState(name, uid, index, phase, ip, terminating, restarts, ready, reason)
+          terminating: bool = False, restarts: int = 0, ready: bool = True, reason: str = "",
+          controller: str | None = None) -> PodState:
+    """A pod as LWS makes it: g-0 controlled by StatefulSet g, g-0-N by StatefulSet g-0 (unless told)."""
+    owner = f"StatefulSet/{name.rsplit('-', 1)[0]}" if controller is None else controller
+    return PodState(name, uid, index, phase, ip, terminating, restarts, ready, reason, owner)
+
+
+GROUP = GroupIdentity("g-0", "u1")
+
+
+def members(pods: list[PodState], size: int) -> tuple[list[Member] | None, list[str]]:
+    return members_if_complete(screen(pods, size, GROUP)[0], size)
 
 
 def test_pod_state_narrows_optional_fields() -> None:
     bare = client.V1Pod(metadata=client.V1ObjectMeta(name="p"))
-    assert pod_state(bare) == state("p", None, phase="Pending", ip="", uid="", ready=False)
-    assert pod_state(v1pod("w", "2", restarts=3, uid="x")) == state("w", 2, uid="x", restarts=3)
+    assert pod_state(bare) == state("p", None, phase="Pending", ip="", uid="", ready=False, controller="")
+    assert pod_state(v1pod("w", "2", restarts=3, uid="x")) == state("w", 2, uid="x", restarts=3, controller="")
+    owners = [client.V1OwnerReference(api_version="v1", kind="Pod", name="x", uid="1"),
+              client.V1OwnerReference(api_version="apps/v1", kind="StatefulSet", name="g-0", uid="2", controller=True)]
+    assert pod_state(v1pod("g-0-1", "1", owners=owners)).controller == "StatefulSet/g-0"
     assert pod_state(v1pod("w", "two")).worker_index is None
     assert pod_state(v1pod("w", "1", deleting=True)).terminating
 
@@ -61,27 +83,62 @@ def test_reason_prefers_unschedulable_then_waiting_container() -> None:
 
 def test_members_in_integer_worker_index_order_once_all_run() -> None:
     pods = [state(f"g-0-{i}" if i else "g-0", i, ip=f"10.0.0.{i}") for i in (10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9)]
-    members, missing = members_if_complete(pods, 11)
-    assert missing == [] and members is not None
-    assert [m.worker_index for m in members] == list(range(11))
-    assert members[10] == Member("g-0-10", "10.0.0.10", 10)
+    found, missing = members(pods, 11)
+    assert missing == [] and found is not None
+    assert [m.worker_index for m in found] == list(range(11))
+    assert found[10] == Member("g-0-10", "10.0.0.10", 10, "u1")
 
 
 def test_missing_workers_are_named_with_phase_and_reason() -> None:
     pods = [state("g-0", 0), state("g-0-1", 1, phase="Pending", ip="", reason="Unschedulable: no gpu"),
             state("g-0-3", 3, terminating=True), state("g-0-4", 4, ip="")]
-    members, missing = members_if_complete(pods, 5)
-    assert members is None
+    found, missing = members(pods, 5)
+    assert found is None
     assert missing == ["worker 1: Pending (Unschedulable: no gpu)", "worker 2: no pod yet",
                        "worker 3: Terminating", "worker 4: Running without a pod IP"]
-    assert running_count(pods, 5) == 1
 
 
-def test_replacement_wins_over_the_terminating_pod_and_out_of_range_indexes_are_ignored() -> None:
-    pods = [state("g-0", 0), state("old", 1, terminating=True, ip="10.0.0.8"), state("new", 1, ip="10.0.0.9"),
+def test_only_pods_named_and_controlled_as_lws_makes_them_are_members() -> None:
+    pods = [state("g-0", 0), state("g-0-1", 1, ip="10.0.0.2"),
+            state("a-rogue", 1, ip="10.6.6.6"),  # the group's labels, another name
+            state("g-0-2", 2, controller="StatefulSet/evil"),  # the right name, another controller
+            state("g-0-3", 3, controller=""),  # no controller at all
+            state("g-7", 0, controller="StatefulSet/g"),  # another group's leader name
             state("stray", 7), state("nolabel", None)]
-    members, _ = members_if_complete(pods, 2)
-    assert members == [Member("g-0", "10.0.0.1", 0), Member("new", "10.0.0.9", 1)]
+    chosen, refused = screen(pods, 4, GROUP)
+    assert {i: p.name for i, p in chosen.items()} == {0: "g-0", 1: "g-0-1"}
+    assert [(p.name, why) for p, why in refused] == [
+        ("a-rogue", "worker 1 of this group is named g-0-1"),
+        ("g-0-2", "it is controlled by StatefulSet/evil, not StatefulSet/g-0"),
+        ("g-0-3", "it is controlled by nothing, not StatefulSet/g-0"),
+        ("g-7", "worker 0 of this group is named g-0")]
+    assert screen([state("g-0", 0, uid="other")], 1, GROUP)[1][0][1] == "its uid is other, not this leader's u1"
+
+
+def test_two_accepted_pods_for_one_index_are_an_error_not_a_choice() -> None:
+    with pytest.raises(LauncherError) as info:
+        screen([state("g-0", 0), state("g-0-1", 1, uid="a"), state("g-0-1", 1, uid="b", terminating=True)], 2, GROUP)
+    assert info.value.exit_code == ExitCode.GROUP_CHANGED
+    assert str(info.value) == ("discovery: worker 1 has 2 candidate pods (g-0-1 (uid a), g-0-1 (uid b)); "
+                               "LeaderWorkerSet makes one per index: delete the pods that are not the group's")
+
+
+def test_without_its_own_name_the_identity_comes_from_the_lws_shaped_leader() -> None:
+    assert inferred_identity([state("g-0-1", 1)]) is None
+    assert inferred_identity([state("g-0", 0, controller="StatefulSet/x"), state("g-0-1", 1)]) is None
+    assert inferred_identity([state("g-0", 0, uid="u9"), state("a-rogue", 1)]) == GroupIdentity("g-0", "u9")
+    with pytest.raises(LauncherError, match="worker 0 has 2 candidate pods"):
+        inferred_identity([state("g-0", 0), state("h-1", 0)])
+
+
+def test_a_rogue_pod_is_reported_once_and_never_a_member(caplog: pytest.LogCaptureFixture) -> None:
+    group = KubernetesGroup("ns", "k", 2, 1.0, identity=GROUP)
+    pods = [state("g-0", 0), state("a-rogue", 1, uid="r1")]
+    for _ in range(3):
+        assert {i: p.name for i, p in group._screen(pods).items()} == {0: "g-0"}
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "discovery: ignoring pod a-rogue: it has group key k and worker index 1 but worker 1 of this group is "
+        "named g-0-1"]
 
 
 def test_change_of_a_worker_pod() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shlex
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kubessh.args import POD_UIDS_ENV, parse
 from launcher.config import LaunchConfig, NsysConfig
 from launcher.errors import ConfigError
 from launcher.plan import (
@@ -251,3 +253,15 @@ def test_rank_0_restricts_admin_apis_to_the_key_in_its_environment() -> None:
     open_plan = build_plan(LaunchConfig(tp=2, gpus_per_pod=1, restricted_apis=()), lws_members("x", 0, 2), V5,
                            triton=TritonCommand(), environ={}, launch_id="i", is_root=False, agent="kubessh")
     assert ADMIN_KEY_ENV not in open_plan.env and "restricted" not in " ".join(open_plan.argv)
+
+
+def test_the_agent_learns_each_discovered_pods_uid() -> None:
+    config = LaunchConfig(tp=2, gpus_per_pod=1, group_key="abc123")
+    found = [Member("x-0", "10.0.0.1", 0, "uid-0"), Member("x-0-1", "10.0.0.2", 1, "uid-1")]
+    plan = build_plan(config, found, V5, triton=TritonCommand(), environ={}, launch_id="i", is_root=False,
+                      agent="kubessh")
+    assert json.loads(plan.env[POD_UIDS_ENV]) == {"x-0": "uid-0", "x-0-1": "uid-1"}
+    assert parse(["x-0-1", "true"], plan.env).expected_uid == "uid-1"  # what kubessh makes of it
+    static = build_plan(config, lws_members("x", 0, 2), V5, triton=TritonCommand(), environ={}, launch_id="i",
+                        is_root=False, agent="kubessh")
+    assert POD_UIDS_ENV not in static.env  # static hosts: no uid known, none checked

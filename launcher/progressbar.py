@@ -52,7 +52,7 @@ class BarView:
         self.console = Console(file=stream or sys.stderr, force_terminal=force_terminal)
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                             TextColumn("{task.fields[detail]}"), console=self.console, transient=False,
-                            redirect_stdout=False, redirect_stderr=False)
+                            redirect_stdout=False, redirect_stderr=False, auto_refresh=False)  # drawn per sample
         self.task = self.bar.add_task(BAR_TASK, total=None, detail="")
         root = logging.getLogger()
         self._replaced = root.handlers[:]
@@ -61,7 +61,7 @@ class BarView:
 
     def show(self, summary: Summary, models: str | None) -> None:
         done = min(summary.read, summary.total) if summary.total else summary.read  # rchar may overshoot a bit
-        self.bar.update(self.task, completed=done, total=summary.total, detail=bar_detail(summary))
+        self.bar.update(self.task, completed=done, total=summary.total, detail=bar_detail(summary), refresh=True)
 
     def close(self) -> None:
         self.bar.stop()

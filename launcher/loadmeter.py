@@ -136,7 +136,8 @@ class RankMeter:
         self._ranks: dict[int, int | None] = {}  # pid -> rank number, read once per process
 
     def rank_of(self, pid: int) -> int | None:
-        if pid not in self._ranks:
+        """The process's MPI rank, read once it has one (a child MPI forked has none until it execs)."""
+        if self._ranks.get(pid) is None:
             self._ranks[pid] = rank_number(pid)
         return self._ranks[pid]
 

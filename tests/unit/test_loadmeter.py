@@ -66,6 +66,22 @@ def test_a_process_without_a_rank_is_not_measured() -> None:
         proc.wait()
 
 
+def test_a_rank_seen_before_its_exec_is_recognised_after_it() -> None:
+    """MPI forks, then execs the rank with its variables: a look in between must not hide the rank."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK")}
+    script = ("import os, sys, time; time.sleep(0.5); os.execve(sys.executable, [sys.executable, '-c', "
+              "'import time; time.sleep(30)'], {**os.environ, 'OMPI_COMM_WORLD_RANK': '4'})")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        meter = RankMeter()
+        assert meter.rank_of(proc.pid) is None
+        time.sleep(1.5)
+        assert meter.rank_of(proc.pid) == 4
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_ranks_are_the_children_of_mpi_launchers() -> None:
     table = {1: (0, "init"), 10: (1, "launcher"), 11: (10, "mpirun"), 12: (11, "sh"), 13: (11, "tritonserver"),
              14: (13, "triton_python_b"), 15: (11, "prted"), 16: (15, "tritonserver"), 20: (1, "tritonserver")}

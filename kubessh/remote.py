@@ -12,8 +12,10 @@ from kubessh.errors import KubesshError
 
 _DAEMON = re.compile(r"(?:^|[\s/'\"=;])(orted|prted)(?:$|[\s'\";])")
 _INTEGER = re.compile(r"[+-]?\d{1,20}\Z")
-# kwok (the fast test tier's nodes) reports a failed command only as an InternalError with this message.
-_KWOK_EXIT = re.compile(r"error executing command in container: exit status (\d{1,20})\Z")
+# kwok (the fast test tier's nodes) reports a failed command only as an InternalError whose message
+# ends with Go's exec error: "... cmd wait: <command line>: exit status N" (the prefix comes twice).
+_KWOK_EXIT = re.compile(r"\A(?:Internal error occurred: )+error executing command in container: cmd wait: "
+                        r"[\s\S]*: exit status (\d{1,20})\Z")
 
 # Ends the exec with 255, before anything starts, unless this container's LAUNCHER_POD_UID (downward
 # API) is the uid the leader discovered: the pod read just before may since have been replaced under
@@ -122,7 +124,7 @@ def _exit_code(status: Mapping[str, Any]) -> str | None:
             if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
                 return str(cause.get("message"))
     if status.get("reason") == "InternalError":
-        found = _KWOK_EXIT.search(str(status.get("message", "")))
+        found = _KWOK_EXIT.match(str(status.get("message", "")))
         if found:
             return found.group(1)
     return None

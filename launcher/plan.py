@@ -47,7 +47,7 @@ class Member:
     pod: str
     address: str
     worker_index: int
-    uid: str = ""  # the pod's uid when discovery read it from the API (kubessh checks it)
+    uid: str = dataclasses.field(default="", compare=False)  # from the API, for kubessh to check; not who it is
 
 
 @dataclasses.dataclass(frozen=True)

@@ -137,7 +137,9 @@ def test_detach_script_accepts_a_daemon_that_daemonizes(tmp_path: Path) -> None:
     ({"status": "Failure", "reason": "NonZeroExitCode", "message": "command terminated with non-zero exit code",
       "details": {"causes": [{"reason": "ExitCode", "message": "7"}]}}, 7),
     ({"status": "Failure", "reason": "InternalError", "code": 500,  # kwok's, for a command that failed
-      "message": "Internal error occurred: error executing command in container: exit status 9"}, 9),
+      "message": "Internal error occurred: Internal error occurred: error executing command in container: "
+                 "cmd wait: sh -c \nif [ -z x ]"
+                 "; then\n  exit 2\nfi\necho ran; exit 9: exit status 9"}, 9),
 ])
 def test_exit_status_from_the_error_channel(status: dict[str, Any], code: int) -> None:
     assert remote.exit_status(json.dumps(status).encode(), "p") == code
@@ -155,7 +157,9 @@ def exit_cause(message: Any) -> dict[str, Any]:
     exit_cause("x"), exit_cause("-1"), exit_cause("256"), exit_cause("0"), exit_cause(None),
     {"status": "Failure", "reason": "InternalError", "message": "Internal error occurred: exit status 256"},
     {"status": "Failure", "reason": "InternalError",
-     "message": "Internal error occurred: error executing command in container: exit status 0"},
+     "message": "Internal error occurred: error executing command in container: cmd wait: sh -c x: exit status 0"},
+    {"status": "Failure", "reason": "InternalError",
+     "message": "Internal error occurred: error executing command in container: cmd start: sh: exit status 3"},
     {"status": "Pending"},
     {"message": "exit status 3"},
 ])

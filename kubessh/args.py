@@ -56,6 +56,7 @@ class Request:
     detach: bool = True  # KUBESSH_DETACH=auto (never: False)
     detach_confirm_s: float = 0.5  # KUBESSH_DETACH_CONFIRM_S
     expected_uid: str | None = None  # the pod's uid in KUBESSH_POD_UIDS
+    uid_in_exec: bool = True  # KUBESSH_CHECK_UID_IN_EXEC=yes|no: check it again inside the exec
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -63,6 +64,15 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
         return float(environ.get(name, default))
     except ValueError:
         raise KubesshError(f"{name}={environ[name]!r}: not a number of seconds", Exit.USAGE) from None
+
+
+def _uid_in_exec(environ: Mapping[str, str]) -> bool:
+    """KUBESSH_CHECK_UID_IN_EXEC=no for runtimes whose exec does not run in the container's environment
+    (kwok's): then only the read just before the exec checks the uid."""
+    mode = environ.get("KUBESSH_CHECK_UID_IN_EXEC", "yes")
+    if mode not in ("yes", "no"):
+        raise KubesshError(f"KUBESSH_CHECK_UID_IN_EXEC={mode!r}: use yes (the default) or no", Exit.USAGE)
+    return mode == "yes"
 
 
 def _detach(environ: Mapping[str, str]) -> bool:
@@ -131,7 +141,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
         group_key=values.get("group_key") or environ.get("LAUNCHER_GROUP_KEY") or None,
         retry_s=_seconds(environ, "KUBESSH_RETRY_S", Request.retry_s), detach=_detach(environ),
         detach_confirm_s=_seconds(environ, "KUBESSH_DETACH_CONFIRM_S", Request.detach_confirm_s),
-        expected_uid=_expected_uid(environ, pod),
+        expected_uid=_expected_uid(environ, pod), uid_in_exec=_uid_in_exec(environ),
     )
     if request.group_key is None and not request.any_pod:
         raise KubesshError("no group key (set LAUNCHER_GROUP_KEY or --group-key, or pass --any-pod): "

@@ -54,7 +54,7 @@ def remote_command(request: Request) -> tuple[list[str], bool, float | None]:
     as it runs)."""
     from kubessh.remote import is_daemon_launch, remote_argv, uid_guard
 
-    guard = uid_guard(request.pod, request.expected_uid)
+    guard = uid_guard(request.pod, request.expected_uid) if request.uid_in_exec else ""
     if request.probe:
         return ["sh", "-c", guard + "true"], False, PROBE_TIMEOUT_S
     detach = request.detach and is_daemon_launch(request.words)

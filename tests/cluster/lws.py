@@ -26,7 +26,9 @@ def lws(name: str, size: int = 2, worker: dict[str, Any] | None = None, leader: 
                              {"name": "LAUNCHER_GROUP_KEY",
                               "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{GROUP_KEY}']"}}},
                              {"name": "LAUNCHER_NAMESPACE",
-                              "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+                              "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                             {"name": "LAUNCHER_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                             {"name": "LAUNCHER_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}],
                      **extra.pop("container", {})}
         return {"spec": {"containers": [container], **extra}}
 

@@ -237,3 +237,17 @@ def test_no_token_and_no_kubeconfig_is_one_line(tmp_path: Path, monkeypatch: pyt
 def test_parse_reads_the_expected_uid_once() -> None:
     assert parse(["w-0-1", "true"], {**ENV, **UIDS}).expected_uid == "uid-old"
     assert parse(["w-0-1", "true"], ENV).expected_uid is None
+
+
+def test_the_check_inside_the_exec_can_be_left_to_the_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    """KUBESSH_CHECK_UID_IN_EXEC=no (kwok, whose exec lacks the container's environment): the read still
+    refuses a replaced pod, the exec runs without the in-container check."""
+    with serving(tmp_path, FakeApi(pods(None))) as api:
+        assert kubessh(api, monkeypatch, "w-0-1", "echo", "ran", env={**UIDS, "KUBESSH_CHECK_UID_IN_EXEC": "no"}) == 0
+    assert capfd.readouterr().out == "ran\n"
+    replaced = {"w-0-1": FakePod("w-0-1", "uid-new")}
+    with serving(tmp_path, FakeApi(replaced)) as api:
+        env = {**UIDS, "KUBESSH_CHECK_UID_IN_EXEC": "no"}
+        assert kubessh(api, monkeypatch, "w-0-1", "echo", "ran", env=env) == Exit.REFUSED
+    assert api.execs == []

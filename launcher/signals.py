@@ -6,6 +6,7 @@ both roles install these explicitly; the loops poll the event.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -16,8 +17,11 @@ log = logging.getLogger("launcher")
 
 def install_stop_handlers(stop: threading.Event) -> None:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
+        stop.set()  # first: a failing log line below must not keep the stop from being seen
+        # The signal may interrupt this thread inside a write to stderr; logging then fails with
+        # "reentrant call" (seen when SIGTERM arrived during a log line), which must not escape.
+        with contextlib.suppress(RuntimeError):
+            log.info("received %s", signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

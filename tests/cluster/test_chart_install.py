@@ -45,6 +45,7 @@ EXPECTED_LEADER_ARGS = [
     "--canary-model=ensemble", f"--canary-inputs={DEFAULT_CANARY_INPUTS}", "--canary-interval=30",
     "--canary-deadline=10", "--canary-misses=3", "--on-permanent-error=park", "--restart-window=600",
     "--restart-backoff=10", "--restart-backoff-max=300", "--log-format=text",
+    "--restricted-apis=model-repository,shared-memory,trace,logging",
 ]
 EXPECTED_WORKER_ARGS = ["worker", "--health-port=8080", "--log-format=text"]
 

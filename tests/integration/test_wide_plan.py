@@ -11,7 +11,7 @@ import pytest
 
 from launcher.config import LaunchConfig
 from launcher.mpi import detect_mpi
-from launcher.plan import LAUNCH_ID_ENV, Member, TritonCommand, build_plan
+from launcher.plan import ADMIN_KEY_ENV, LAUNCH_ID_ENV, Member, TritonCommand, build_plan
 from launcher.supervisor import hostfile_written
 from tests.conftest import VENV_BIN
 from tests.integration.launch import launch_env
@@ -44,7 +44,9 @@ def test_64_ranks_each_run_their_displayed_command(mpirun: str, tmp_path: Path) 
                       environ=environ, launch_id="wide64", is_root=os.geteuid() == 0, agent=None,
                       hostfile=str(tmp_path / "hosts"))
     with hostfile_written(plan):
-        done = subprocess.run(plan.argv, env={**environ, **plan.env}, capture_output=True, text=True, timeout=120)
+        # (the displayed commands name the admin key's variable, which each rank's script expands)
+        done = subprocess.run(plan.argv, env={**environ, **plan.env, ADMIN_KEY_ENV: f"${ADMIN_KEY_ENV}"},
+                              capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(int(p.name) for p in out.iterdir()) == list(range(RANKS))
     for rank in plan.ranks:

@@ -8,13 +8,16 @@ TOOLS_DIR in the environment override the locations.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -203,3 +206,13 @@ def helm_or_skip(label: str) -> Helm:
         if binary is None:
             pytest.skip(f"helm v3 not found (optional, built with Go): {INSTALL_HINT}")
     return Helm(binary, label)
+
+
+def load_renderer() -> ModuleType:
+    """docs/render_dashboard.py as a module (it is a script, not a package member)."""
+    spec = importlib.util.spec_from_file_location("render_dashboard", REPO / "docs" / "render_dashboard.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module

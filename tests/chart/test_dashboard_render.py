@@ -3,25 +3,12 @@ gaps, the reason an empty panel is empty, state spans. (tests/monitoring/test_da
 feeds it a real Prometheus' answers.)"""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from chart_helpers import REPO
-
-
-def load_renderer() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("render_dashboard", REPO / "docs" / "render_dashboard.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
+from chart_helpers import REPO, load_renderer
 
 rd = load_renderer()
 START = 1000.0

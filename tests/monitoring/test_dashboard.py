@@ -4,30 +4,18 @@ with the reason; the dashboard's variables list the run's namespace and release;
 docs/render_dashboard.py draws what Prometheus answered."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.chart.chart_helpers import load_renderer
 from tests.monitoring import dashboard
 from tests.monitoring.live import LiveRun
 from tests.monitoring.prom import PrometheusError
 
 pytestmark = pytest.mark.integration
-
-
-def renderer() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("render_dashboard", REPO / "docs" / "render_dashboard.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +57,7 @@ def test_the_dashboards_variables_list_the_run(live_run: LiveRun) -> None:
 
 
 def test_the_renderer_draws_prometheus_answers(answered: dict[str, Any], tmp_path: Path) -> None:
-    rd = renderer()
+    rd = load_renderer()
     for panel in answered["panels"]:
         if panel["type"] == "row":
             continue

@@ -1,11 +1,14 @@
-"""Judging what preflight ranks print (pure; the processes are tested in integration)."""
+"""Judging what preflight ranks print, and when a launch is tried again (a shell script as mpirun;
+the real processes are tested in integration)."""
 
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
-from launcher.plan import Rank
-from launcher.preflight.check import PreflightResult, format_result, judge, parse_lines, summary_line
+from launcher.plan import LaunchPlan, MpiFlavor, Rank
+from launcher.preflight.check import PreflightResult, format_result, judge, parse_lines, run_preflight, summary_line
 
 RANKS = tuple(Rank(r, f"pod{r // 2}", f"pod{r // 2}", r % 2, ()) for r in range(4))
 
@@ -79,3 +82,32 @@ def test_launch_failure_blames_the_pod_mpirun_names() -> None:
         "pod pod1 (ranks 2, 3): its MPI daemon did not start or could not reach the leader "
         "(check the pod's network and the agent)"]
     assert judge(reports, ["mpirun: command not found"]) == ["no rank started; mpirun said: mpirun: command not found"]
+
+
+def fake_mpirun_plan(tmp_path: Path, first_output: str) -> LaunchPlan:
+    """A plan whose "mpirun" prints ``first_output`` and fails the first time, and runs both ranks of
+    pod0 to "done" every time after."""
+    script, count = tmp_path / "mpirun", tmp_path / "count"
+    ranks_done = "\n".join(f"echo {shlex.quote(x)}" for r in (0, 1) for x in complete(r))
+    script.write_text(f"""#!/bin/sh
+n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}
+if [ "$n" = 0 ]; then echo {shlex.quote(first_output)}; exit 1; fi
+{ranks_done}
+""")
+    script.chmod(0o755)
+    return LaunchPlan(MpiFlavor(4, 1), ("pod0:2",), RANKS[:2], (str(script),), {"LAUNCHER_LAUNCH_ID": "unit-preflight"},
+                      (), str(tmp_path / "hosts"))
+
+
+def test_a_runtime_that_did_not_start_is_tried_once_more(tmp_path: Path) -> None:
+    plan = fake_mpirun_plan(tmp_path, "The PMIx server's listener thread failed to start. We cannot")
+    result = run_preflight(plan, {}, timeout_s=20)
+    assert result.passed, result.problems
+    assert (tmp_path / "count").read_text().strip() == "2"
+
+
+def test_any_other_launch_failure_is_not_retried(tmp_path: Path) -> None:
+    plan = fake_mpirun_plan(tmp_path, "mpirun was unable to find the specified executable file")
+    result = run_preflight(plan, {}, timeout_s=20)
+    assert result.problems == ["no rank started; mpirun said: mpirun was unable to find the specified executable file"]
+    assert (tmp_path / "count").read_text().strip() == "1"

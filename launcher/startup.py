@@ -70,13 +70,14 @@ class StartupMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         from prometheus_client import Gauge
 
-        def gauge(name: str, text: str, labels: tuple[str, ...] = ("pod",)) -> Gauge:
+        # group_pod, not pod: a scrape's own pod label (the leader's) would rename a pod label exported_pod
+        def gauge(name: str, text: str, labels: tuple[str, ...] = ("group_pod",)) -> Gauge:
             return Gauge(f"launcher_startup_{name}", text, labels, registry=registry)
 
         self.read = gauge("bytes_read", "Bytes the pod's ranks have read while loading (rchar of their processes)")
         self.total = gauge("bytes_total", "Bytes the pod's ranks read to load the model (from the model repository)")
         self.ratio = gauge("progress_ratio", "bytes_read / bytes_total of the pod, at most 1")
-        self.gpu = gauge("gpu_memory_used_bytes", "Memory used on each GPU of the pod (NVML)", ("pod", "gpu"))
+        self.gpu = gauge("gpu_memory_used_bytes", "Memory used on each GPU of the pod (NVML)", ("group_pod", "gpu"))
 
     def show(self, summary: Summary, figures: Mapping[str, PodFigures | None]) -> None:
         for pod in summary.pods:

@@ -36,12 +36,15 @@ RELEASE_SCOPE = ('namespace="$namespace"', 'app_kubernetes_io_instance="$release
 
 @cache
 def launcher_metric_names() -> frozenset[str]:
-    """Every sample name the real leader and worker registries export."""
+    """Every sample name the real leader (with its startup progress) and worker registries export."""
     from launcher.observability import LeaderMetrics
+    from launcher.startup import StartupMetrics
     from launcher.worker import WorkerAgent
 
+    leader = LeaderMetrics().registry
+    StartupMetrics(leader)
     names = set()
-    for registry in (LeaderMetrics().registry, WorkerAgent().registry):
+    for registry in (leader, WorkerAgent().registry):
         for metric in registry.collect():
             names.update(sample.name for sample in metric.samples)
             names.add(metric.name)

@@ -41,6 +41,23 @@ def private_repo(tmp: Path) -> Path:
     return repo
 
 
+def weighted_repo(tmp: Path, ranks: int, size: int, rate: int) -> Path:
+    """The toy repository whose ranks each read a ``size``-byte weights file at ``rate`` bytes/s
+    while loading (the model's ``rank_weights`` and ``read_rate`` parameters)."""
+    repo = private_repo(tmp)
+    for rank in range(ranks):
+        with open(tmp / f"weights-{rank}.bin", "wb") as f:
+            f.truncate(size)
+    config = repo / "toy_tp" / "config.pbtxt"
+    text = config.read_text()
+    for key, value in (("rank_weights", f"{tmp}/weights-{{rank}}.bin"), ("read_rate", str(rate))):
+        text = text.replace(f'key: "{key}"\n  value: {{ string_value: "" }}', f'key: "{key}"\n  value: {{ '
+                            f'string_value: "{value}" }}')
+    assert str(tmp) in text and str(rate) in text
+    config.write_text(text)
+    return repo
+
+
 def launch_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAUNCHER_", "LWS_"))}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"

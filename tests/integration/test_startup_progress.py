@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from tests.conftest import VENV_BIN, http_get
-from tests.integration.launch import Ports, launch_env, private_repo, wait_ready
+from tests.integration.launch import Ports, launch_env, wait_ready, weighted_repo
 from tests.integration.test_pods import flavour_args
 from tests.podnet import AGENT, Pod, PodNetwork
 
@@ -48,22 +48,6 @@ class PodLaunch:
         return self.log.read_text(errors="replace")
 
 
-def slow_repo(tmp_path: Path) -> Path:
-    """The toy repository whose ranks read ``WEIGHTS`` bytes each at ``RATE``."""
-    repo = private_repo(tmp_path)
-    for rank in (0, 1):
-        with open(tmp_path / f"weights-{rank}.bin", "wb") as f:
-            f.truncate(WEIGHTS)
-    config = repo / "toy_tp" / "config.pbtxt"
-    text = config.read_text()
-    for key, value in (("rank_weights", f"{tmp_path}/weights-{{rank}}.bin"), ("read_rate", str(RATE))):
-        text = text.replace(f'key: "{key}"\n  value: {{ string_value: "" }}', f'key: "{key}"\n  value: {{ '
-                            f'string_value: "{value}" }}')
-    assert str(tmp_path) in text and str(RATE) in text
-    config.write_text(text)
-    return repo
-
-
 @pytest.fixture
 def launch(pods: tuple[PodNetwork, Pod, Pod], tmp_path: Path) -> Iterator[Callable[..., PodLaunch]]:
     net, pod0, pod1 = pods
@@ -74,7 +58,7 @@ def launch(pods: tuple[PodNetwork, Pod, Pod], tmp_path: Path) -> Iterator[Callab
         worker = pod1.run([str(VENV_BIN / "launcher"), "worker", f"--health-port={ports.health}", "--interval=0.2"],
                           env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         argv = [str(VENV_BIN / "launcher"), "leader", "--hosts=pod0,pod1", "--tp=2", "--gpus-per-pod=1",
-                f"--model-repo={slow_repo(tmp_path)}", "--model=toy_tp", f"--rsh-agent={AGENT}",
+                f"--model-repo={weighted_repo(tmp_path, 2, WEIGHTS, RATE)}", "--model=toy_tp", f"--rsh-agent={AGENT}",
                 "--stop-grace-period=5", "--progress-interval=0.5", *ports.flags(), *flavour_args("ompi5"), *extra]
         with open(log, "wb") as out:
             leader = pod0.run(argv, env=launch_env(**net.env()), stdout=out, stderr=subprocess.STDOUT)
@@ -119,7 +103,7 @@ def watch_until_ready(launch: PodLaunch, timeout_s: float = 120) -> list[tuple[s
 
 
 def gauge(metrics: str, name: str, pod: str) -> float | None:
-    found = re.search(rf'^launcher_startup_{name}{{pod="{pod}"}} (\S+)$', metrics, re.M)
+    found = re.search(rf'^launcher_startup_{name}{{group_pod="{pod}"}} (\S+)$', metrics, re.M)
     return float(found.group(1)) if found else None
 
 

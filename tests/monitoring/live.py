@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.chart.chart_helpers import Helm, one
-from tests.integration.launch import LocalLaunch, Ports, kill_leftovers, launch_env, private_repo, wait_ready
+from tests.integration.launch import LocalLaunch, Ports, kill_leftovers, launch_env, wait_ready, weighted_repo
 from tests.monitoring.chart import release_pod, render, rule_groups, scrape_configs
 from tests.monitoring.prom import Prometheus
 
 SCRAPE_INTERVAL_S = 1  # the run is short: the PodMonitor's interval is rendered as 1s, rules evaluated every second
 # Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval), with a 1 s step
 RATE_INTERVAL = f"{4 * SCRAPE_INTERVAL_S}s"
+LOAD_BYTES, LOAD_RATE = 12 * 2**20, 4 * 2**20  # each toy rank reads its weights for 3 s: startup progress scraped
 # (name, seconds, concurrent clients): idle, one client, four clients, idle. The toy model has one
 # instance: one client never waits in the queue, four wait about three times as long as they compute.
 PHASES = (("idle", 5.0, 0), ("load", 15.0, 1), ("heavier load", 20.0, 4), ("idle", 5.0, 0))
@@ -75,7 +76,7 @@ class LiveRun:
 
 def launch_local(tmp: Path, ranks: int, ports: Ports) -> LocalLaunch:
     """tests.integration.launch.start_local on ports chosen beforehand (Prometheus scrapes them first)."""
-    repo = private_repo(tmp)
+    repo = weighted_repo(tmp, ranks, LOAD_BYTES, LOAD_RATE)
     log = tmp / "launcher.log"
     argv = [sys.executable, "-m", "launcher", "local", f"--ranks={ranks}", f"--model-repo={repo}", "--model=toy_tp",
             *ports.flags(), "--stop-grace-period=5"]

@@ -81,7 +81,7 @@ def test_lines_metrics_readiness_and_a_stall(mpirun: tuple[subprocess.Popen[byte
     options = MonitorOptions(interval_s=0.5, stall_s=1.0, health_port=free_port(), http_port=free_port())
     monitor, registry = StartupMonitor(plan({"here": [0, 1]}), {0: 6 * MiB, 1: 6 * MiB}, options), CollectorRegistry()
     monitor.start(proc.pid, registry)
-    eventually(lambda: (metric(registry, 'launcher_startup_progress_ratio{pod="here"}') or 0) > 0.2)
+    eventually(lambda: (metric(registry, 'launcher_startup_progress_ratio{group_pod="here"}') or 0) > 0.2)
     assert re.fullmatch(r"; loading \d+\.\d% \(.* MiB of 12\.0 MiB\), ETA \d+s", monitor.readiness_suffix())
     rank1 = next(p for p in psutil.Process(proc.pid).children() if p.environ().get("OMPI_COMM_WORLD_RANK") == "1")
     rank1.suspend()
@@ -89,7 +89,7 @@ def test_lines_metrics_readiness_and_a_stall(mpirun: tuple[subprocess.Popen[byte
         eventually(lambda: any("stalled" in r.getMessage() for r in caplog.records), timeout_s=5)
     finally:
         rank1.resume()
-    eventually(lambda: metric(registry, 'launcher_startup_progress_ratio{pod="here"}') == 1.0)
+    eventually(lambda: metric(registry, 'launcher_startup_progress_ratio{group_pod="here"}') == 1.0)
     monitor.finish()
     monitor.close()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("startup ")]
@@ -99,7 +99,7 @@ def test_lines_metrics_readiness_and_a_stall(mpirun: tuple[subprocess.Popen[byte
     assert re.match(r"startup 0s: ranks \d/2 alive, read .* \(\d+\.\d%\)", lines[0])
     assert lines[-1].startswith("startup ") and "(100.0%)" in lines[-1] and lines[-1].endswith(
         "; rank 0: not answering yet")
-    assert metric(registry, 'launcher_startup_bytes_total{pod="here"}') == 12 * MiB
+    assert metric(registry, 'launcher_startup_bytes_total{group_pod="here"}') == 12 * MiB
     assert monitor.readiness_suffix() == ""  # finished: /readyz says no more
 
 

@@ -32,6 +32,9 @@ TOOLS = Path(os.environ.get("TOOLS_DIR", REPO / ".cache" / "tools"))
 CRDS = TOOLS / "crds"
 INSTALL_HINT = "run scripts/install-test-tools.sh"
 MONITORING_API = "monitoring.coreos.com/v1"
+ADMISSION_POLICY_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+# The optional APIs the chart renders objects for only where the cluster serves them.
+OPTIONAL_APIS = (MONITORING_API, ADMISSION_POLICY_API)
 
 # Labels LWS puts on the pods it creates (leaderworkerset.sigs.k8s.io/...).
 LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
@@ -74,15 +77,15 @@ class Helm:
         values: tuple[Path, ...],
         sets: tuple[str, ...],
         namespace: str,
-        monitoring_api: bool,
+        optional_apis: bool,
     ) -> list[str]:
         args = ["template", release, str(CHART), "--namespace", namespace]
         for path in values:
             args += ["--values", str(path)]
         for item in sets:
             args += ["--set", item]
-        if monitoring_api:
-            args += ["--api-versions", MONITORING_API]
+        if optional_apis:
+            args += [word for api in OPTIONAL_APIS for word in ("--api-versions", api)]
         return args
 
     def template(
@@ -91,10 +94,10 @@ class Helm:
         values: tuple[Path, ...] = (TUTORIAL,),
         sets: tuple[str, ...] = (),
         namespace: str = "serving",
-        monitoring_api: bool = True,
+        optional_apis: bool = True,
     ) -> list[dict[str, Any]]:
         """Render and parse; fails the test with helm's message if rendering fails."""
-        docs = _render(self, release, values, sets, namespace, monitoring_api)
+        docs = _render(self, release, values, sets, namespace, optional_apis)
         return copy.deepcopy(docs)
 
     def template_error(
@@ -117,9 +120,9 @@ def _render(
     values: tuple[Path, ...],
     sets: tuple[str, ...],
     namespace: str,
-    monitoring_api: bool,
+    optional_apis: bool,
 ) -> list[dict[str, Any]]:
-    result = helm.run(*helm.template_args(release, values, sets, namespace, monitoring_api))
+    result = helm.run(*helm.template_args(release, values, sets, namespace, optional_apis))
     if result.returncode != 0:
         pytest.fail(f"{helm.label} template failed:\n{result.stderr}", pytrace=False)
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

@@ -31,6 +31,8 @@ from chart_helpers import (
 # Kubernetes versions whose schemas every built-in object must satisfy: the
 # oldest this chart supports (autoscaling/v2, LWS) and the newest packaged.
 KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
+# Served from 1.30 on; where it is not, the chart does not render it (the API's capability gates it).
+SINCE_1_30 = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 CUSTOM_KINDS = {
     "LeaderWorkerSet": "leaderworkerset.x-k8s.io_leaderworkersets.yaml",
     "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
@@ -64,6 +66,8 @@ def test_renders_exactly_the_enabled_objects(any_helm: Helm, values_file: Path) 
         expected.add("HorizontalPodAutoscaler")
     if values["serviceAccount"]["create"]:
         expected |= {"ServiceAccount", "Role", "RoleBinding"}
+        if values["serviceAccount"]["execAdmissionPolicy"]:
+            expected |= {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     if values["monitoring"]["podMonitor"]["enabled"]:
         expected.add("PodMonitor")
     if values["monitoring"]["prometheusRule"]["enabled"]:
@@ -79,10 +83,10 @@ def test_renders_exactly_the_enabled_objects(any_helm: Helm, values_file: Path) 
 
 
 @values_files
-def test_monitoring_objects_need_the_operator_api(helm: Helm, values_file: Path) -> None:
-    docs = helm.template(values=(values_file,), monitoring_api=False)
-    assert not by_kind(docs, "PodMonitor")
-    assert not by_kind(docs, "PrometheusRule")
+def test_optional_objects_need_their_api(helm: Helm, values_file: Path) -> None:
+    docs = helm.template(values=(values_file,), optional_apis=False)
+    for kind in ("PodMonitor", "PrometheusRule", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+        assert not by_kind(docs, kind)
 
 
 @values_files
@@ -104,7 +108,7 @@ def test_builtin_objects_match_kubernetes_schemas(helm: Helm, values_file: Path,
     docs = helm.template(values=(values_file,))
     checked = 0
     for doc in docs:
-        if doc["kind"] in CUSTOM_KINDS:
+        if doc["kind"] in CUSTOM_KINDS or (doc["kind"] in SINCE_1_30 and version < "1.30"):
             continue
         kubernetes_validate.validate(doc, version, strict=True)
         checked += 1

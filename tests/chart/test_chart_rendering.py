@@ -3,6 +3,7 @@ resources, scheduling, Service, HPA, monitoring and RBAC."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -330,6 +331,29 @@ def test_exec_names_follow_the_groups_the_release_may_run(helm: Helm) -> None:
         "alpha-lws-triton-0-1", "alpha-lws-triton-0-2", "alpha-lws-triton-0-3"]
     assert len(exec_names("autoscaling.maxReplicas=5")) == 5
     assert exec_names("gpuPerNode=8") == []  # a group of one pod: no exec at all
+
+
+def test_exec_admission_policy_confines_the_account_to_its_own_workers(helm: Helm) -> None:
+    """The policy's own pattern (CEL's matches is RE2; these patterns mean the same in Python's re)
+    admits this release's worker pods and nothing of release alpha-b, whose name extends alpha's."""
+    docs = helm.template()
+    policy, binding = one(docs, "ValidatingAdmissionPolicy"), one(docs, "ValidatingAdmissionPolicyBinding")
+    assert policy["metadata"]["name"] == binding["spec"]["policyName"] == "alpha-lws-triton.serving.exec.lws-triton"
+    assert binding["spec"]["validationActions"] == ["Deny"] and "matchResources" not in binding["spec"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CONNECT"]
+    assert [c["expression"] for c in policy["spec"]["matchConditions"]] == [
+        'request.userInfo.username == "system:serviceaccount:serving:alpha-lws-triton"']
+    [validation] = policy["spec"]["validations"]
+    assert 'request.namespace == "serving"' in validation["expression"]
+    pattern = re.search(r'request\.name\.matches\("([^"]+)"\)', validation["expression"]).group(1)
+    admitted = ["alpha-lws-triton-0-1", "alpha-lws-triton-1-1", "alpha-lws-triton-12-3"]
+    refused = ["alpha-lws-triton-0", "alpha-b-lws-triton-0-1", "alpha-lws-triton-0-0", "alpha-lws-triton-01-1",
+               "alpha-lws-triton-0-1-x", "x-alpha-lws-triton-0-1", "alpha-lws-triton-api"]
+    assert [name for name in admitted + refused if re.fullmatch(pattern, name)] == admitted
+    off = (("serviceAccount.execAdmissionPolicy=false",), ("serviceAccount.create=false", "serviceAccount.name=x"))
+    for sets in off:
+        assert not by_kind(helm.template(sets=sets), "ValidatingAdmissionPolicy"), sets
 
 
 def test_rank_env_values_stay_out_of_every_command_line(helm: Helm) -> None:

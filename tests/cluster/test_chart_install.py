@@ -1,6 +1,7 @@
 """The chart against the real control plane: `helm install` creates a group that LWS fills with
 pods carrying the chart's labels and LWS's, `helm upgrade` adds a group, `helm uninstall` leaves
-nothing, and two releases in one namespace select only their own pods."""
+nothing, two releases in one namespace select only their own pods, and the API server confines
+each release's exec to its own workers."""
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ from tests.chart.chart_helpers import LWS_GROUP_KEY as GROUP_KEY
 from tests.chart.chart_helpers import LWS_NAME as NAME
 from tests.chart.chart_helpers import LWS_WORKER_INDEX as WORKER_INDEX
 from tests.cluster.helm import CLAIM, INSTANCE, Release, describe, provide_claim, running
+from tests.cluster.kubessh_helpers import run_in_pod
 from tests.cluster.lws import wait_for
 from tests.conftest import http_get
 from tests.integration.launch import expected_output, infer, private_repo, wait_ready
@@ -200,3 +202,50 @@ def test_the_charts_group_serves_with_the_charts_commands(cluster: Any, helm_in:
         codes = [proc.wait(timeout=30) for proc, _ in processes.values()]
     assert codes[0] == 0, leader_log.read_text()
     assert "discovery: 2/2 pods running" in leader_log.read_text()
+
+
+def kubessh_from_leader(cluster: Any, ns: str, release: str, pod: str) -> tuple[int, str]:
+    """``kubessh <pod> true`` from ``release``'s leader pod, under its ServiceAccount token, with the
+    client-side group check off: what the API server alone allows. (exit status, its one error line)"""
+    code, _, err = run_in_pod(cluster, ns, f"{release}-lws-triton-0", [str(VENV_BIN / "kubessh"), pod, "true"],
+                              env={"LAUNCHER_GROUP_KEY": ""})
+    return code, err.strip().splitlines()[-1] if err.strip() else ""
+
+
+def refused(result: tuple[int, str]) -> tuple[int, str] | None:
+    return result if result[0] != 0 else None
+
+
+def test_the_api_server_keeps_each_releases_exec_to_its_own_workers(cluster: Any, helm_in: Release) -> None:
+    """Releases "a" and "a-b" (whose names share a prefix), each account granted exec into every pod
+    of the namespace on top of the chart's Role: the chart's ValidatingAdmissionPolicy still refuses
+    each leader an exec into the other's worker and allows its own; without the policy the grant
+    reaches the other release."""
+    ns, core, rbac = helm_in.namespace, client.CoreV1Api(cluster.api), client.RbacAuthorizationV1Api(cluster.api)
+    for release in ("a", "a-b"):
+        helm_in.install(release, VALUES)
+    for release in ("a", "a-b"):
+        wait_for(f"{release}'s group", lambda r=release: running(core, ns, r, 2), lambda: describe(core, ns))
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "too-broad"}, "rules": [
+        {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]}]})
+    rbac.create_namespaced_role_binding(ns, {
+        "metadata": {"name": "too-broad"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "too-broad"},
+        "subjects": [{"kind": "ServiceAccount", "name": f"{r}-lws-triton", "namespace": ns} for r in ("a", "a-b")]})
+    try:
+        for release, other in (("a", "a-b"), ("a-b", "a")):
+            assert kubessh_from_leader(cluster, ns, release, f"{release}-lws-triton-0-1") == (0, "")
+            target = f"{other}-lws-triton-0-1"
+            code, line = wait_for(f"{release}'s exec into {target} refused (the policy takes effect)",
+                                  lambda r=release, t=target: refused(kubessh_from_leader(cluster, ns, r, t)),
+                                  lambda: describe(core, ns), timeout=30)
+            assert code == 252, line
+            assert (f"system:serviceaccount:{ns}:{release}-lws-triton may exec only into the worker pods of "
+                    f"LeaderWorkerSet {ns}/{release}-lws-triton, not exec into {ns}/{other}-lws-triton-0-1") in line
+        helm_in.upgrade("a", {**VALUES, "serviceAccount.execAdmissionPolicy": "false"})
+        wait_for("a's exec into a-b once a's policy is gone",
+                 lambda: kubessh_from_leader(cluster, ns, "a", "a-b-lws-triton-0-1")[0] == 0 or None,
+                 lambda: kubessh_from_leader(cluster, ns, "a", "a-b-lws-triton-0-1"))
+    finally:
+        for release in ("a", "a-b"):  # the policies are cluster-scoped: the namespace's deletion leaves them
+            helm_in.uninstall(release)

@@ -96,6 +96,21 @@ positive whole number.
 {{- end }}
 
 {{/*
+The LeaderWorkerSet's annotations: lws.annotations, and LWS's exclusive
+placement ones from lws.exclusiveTopology and lws.subGroupExclusiveTopology.
+*/}}
+{{- define "lws-triton.lwsAnnotations" -}}
+{{- $annotations := deepCopy .Values.lws.annotations }}
+{{- with .Values.lws.exclusiveTopology }}
+{{- $_ := set $annotations "leaderworkerset.sigs.k8s.io/exclusive-topology" . }}
+{{- end }}
+{{- with .Values.lws.subGroupExclusiveTopology }}
+{{- $_ := set $annotations "leaderworkerset.sigs.k8s.io/subgroup-exclusive-topology" . }}
+{{- end }}
+{{- toYaml $annotations }}
+{{- end }}
+
+{{/*
 Names of the worker pods of every group the release may run, as a YAML list
 (empty when a group is its leader alone).
 */}}
@@ -152,6 +167,15 @@ only; prints nothing.
 {{- if has $name (list "cpu" "memory" "ephemeral-storage" "nvidia.com/gpu" "vpc.amazonaws.com/efa") }}
 {{- fail (printf "resources.extra.%s: the chart sets %s from its own value (resources.cpu/cpuLimit, resources.memory, resources.ephemeralStorage, gpuPerNode, resources.efa); set it there, extra is for other resources" $name $name) }}
 {{- end }}
+{{- end }}
+{{- $size := int (include "lws-triton.groupSize" .) }}
+{{- with int .Values.lws.subGroupSize }}
+{{- if or (gt . $size) (and (ne (mod $size .) 0) (ne (mod (sub $size 1) .) 0)) }}
+{{- fail (printf "lws.subGroupSize (%d) must divide the group size (%d pods) or the group size minus its leader (%d): LWS makes equal subgroups, the leader joining the first when it is the extra pod; choose a divisor of %d or %d" . $size (sub $size 1) $size (sub $size 1)) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.lws.subGroupExclusiveTopology (not (int .Values.lws.subGroupSize)) }}
+{{- fail (printf "lws.subGroupExclusiveTopology (%s) places subgroups, but lws.subGroupSize is 0 (no subgroups): set lws.subGroupSize to the pods that share one %s domain" .Values.lws.subGroupExclusiveTopology .Values.lws.subGroupExclusiveTopology) }}
 {{- end }}
 {{- if and .Values.gpu .Values.affinity.nodeAffinity }}
 {{- fail (printf "gpu (%s) and affinity.nodeAffinity are both set: the chart turns gpu into node affinity; put the nvidia.com/gpu.product term into affinity.nodeAffinity and leave gpu empty, or drop affinity.nodeAffinity" .Values.gpu) }}
@@ -256,6 +280,12 @@ volumes. Pass the root context.
 {{- define "lws-triton.podCommon" -}}
 serviceAccountName: {{ include "lws-triton.serviceAccountName" . }}
 terminationGracePeriodSeconds: {{ int .Values.terminationGracePeriodSeconds }}
+{{- with .Values.schedulerName }}
+schedulerName: {{ . }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}

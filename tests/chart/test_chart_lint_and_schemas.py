@@ -74,6 +74,8 @@ def test_renders_exactly_the_enabled_objects(any_helm: Helm, values_file: Path) 
         expected.add("PrometheusRule")
     if values["networkPolicy"]["enabled"]:
         expected.add("NetworkPolicy")
+    if values["podDisruptionBudget"]["enabled"]:
+        expected.add("PodDisruptionBudget")
     if values["helmTest"]["enabled"] and values["service"]["enabled"] and values["canary"]["model"]:
         expected.add("Pod")  # the helm test hook
 

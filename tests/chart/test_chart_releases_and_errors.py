@@ -170,6 +170,22 @@ def test_long_release_names_leave_room_for_lws_pod_names(helm: Helm) -> None:
                      "take to load (startup.timeoutSeconds: 1800", id="hpa-removes-groups-too-soon"),
         pytest.param(("autoscaling.behavior.scaleUp.policies[0].type=Groups",), "/autoscaling/behavior/scaleUp",
                      id="hpa-policy-type"),
+        pytest.param(("schedulerName=Volcano_Sched",), "/schedulerName", id="scheduler-name"),
+        pytest.param(("priorityClassName=high priority",), "/priorityClassName", id="priority-class-name"),
+        pytest.param(("kueue.queueName=team/queue",), "/kueue/queueName", id="kueue-queue-name"),
+        pytest.param(("kueue.priorityClass=URGENT",), "/kueue/priorityClass", id="kueue-priority-class"),
+        pytest.param(("lws.subGroupSize=-1",), "/lws/subGroupSize", id="negative-subgroup"),
+        pytest.param(("lws.subGroupSize=3",), "lws.subGroupSize (3) must divide the group size (2 pods) or the group "
+                     "size minus its leader (1)", id="subgroup-not-a-divisor"),
+        pytest.param(("lws.subGroupExclusiveTopology=nvlink-domain",), "lws.subGroupExclusiveTopology (nvlink-domain) "
+                     "places subgroups, but lws.subGroupSize is 0", id="subgroup-topology-without-subgroups"),
+        pytest.param(("lws.exclusiveTopology=1",), "/lws/exclusiveTopology", id="exclusive-topology-not-a-label"),
+        pytest.param(("lws.rollout.maxSurge=-1",), "/lws/rollout/maxSurge", id="negative-surge"),
+        pytest.param(("lws.rollout.maxUnavailable=150%",), "/lws/rollout/maxUnavailable", id="unavailable-over-100"),
+        pytest.param(("podDisruptionBudget.maxUnavailable=0",), "/podDisruptionBudget/maxUnavailable",
+                     id="budget-blocks-every-drain"),
+        pytest.param(("serviceAccount.execAdmissionPolicy=maybe",), "/serviceAccount/execAdmissionPolicy",
+                     id="exec-policy-not-a-bool"),
     ],
 )
 def test_invalid_values_fail_with_the_intended_message(helm: Helm, sets: tuple[str, ...],

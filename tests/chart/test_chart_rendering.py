@@ -131,6 +131,41 @@ def test_placement_values(helm: Helm) -> None:
     assert "affinity" not in pod_templates(lws_of(helm, "gpu="))["leader"]["spec"]
 
 
+def test_queueing_placement_and_rollout_values(helm: Helm) -> None:
+    lws = lws_of(helm, "schedulerName=volcano", "priorityClassName=llm-serving", "kueue.queueName=team-a",
+                 "kueue.priorityClass=production", "lws.exclusiveTopology=example.com/network-block",
+                 "lws.subGroupSize=1", "lws.subGroupExclusiveTopology=example.com/nvlink-domain",
+                 "lws.annotations.owner=ml", "lws.rollout.maxSurge=1", "lws.rollout.maxUnavailable=0")
+    assert {k: v for k, v in lws["metadata"]["labels"].items() if k.startswith("kueue.x-k8s.io/")} == {
+        "kueue.x-k8s.io/queue-name": "team-a", "kueue.x-k8s.io/priority-class": "production"}
+    assert lws["metadata"]["annotations"] == {
+        "owner": "ml", "leaderworkerset.sigs.k8s.io/exclusive-topology": "example.com/network-block",
+        "leaderworkerset.sigs.k8s.io/subgroup-exclusive-topology": "example.com/nvlink-domain"}
+    assert lws["spec"]["leaderWorkerTemplate"]["subGroupPolicy"] == {"subGroupSize": 1}
+    assert lws["spec"]["rolloutStrategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdateConfiguration": {"maxUnavailable": 0, "maxSurge": 1}}
+    for template in pod_templates(lws).values():
+        assert (template["spec"]["schedulerName"], template["spec"]["priorityClassName"]) == ("volcano", "llm-serving")
+    plain = lws_of(helm)
+    assert not any(k.startswith("kueue.") for k in plain["metadata"]["labels"])
+    assert "annotations" not in plain["metadata"]
+    assert "subGroupPolicy" not in plain["spec"]["leaderWorkerTemplate"]
+    assert plain["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"] == {"maxUnavailable": 1, "maxSurge": 0}
+    assert not {"schedulerName", "priorityClassName"} & set(pod_templates(plain)["leader"]["spec"])
+
+
+def test_disruption_budget_covers_leaders_and_workers(helm: Helm) -> None:
+    docs = helm.template()
+    budget, lws = one(docs, "PodDisruptionBudget"), one(docs, "LeaderWorkerSet")
+    assert budget["spec"]["maxUnavailable"] == 1
+    for role in ("leader", "worker"):
+        assert selector_matches(budget["spec"]["selector"]["matchLabels"], pod_labels_as_created(lws, role)), role
+    other = helm.template(release="beta")
+    assert not selector_matches(budget["spec"]["selector"]["matchLabels"],
+                                pod_labels_as_created(one(other, "LeaderWorkerSet"), "leader"))
+    assert not by_kind(helm.template(sets=("podDisruptionBudget.enabled=false",)), "PodDisruptionBudget")
+
+
 def test_extra_volumes_mounts_and_init_containers(helm: Helm) -> None:
     for template in pod_templates(lws_of(helm, values=(ALL_OPTIONS,))).values():
         spec = template["spec"]

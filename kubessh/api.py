@@ -19,6 +19,8 @@ T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 ROLE_HINT = "grant the launcher's Role: pods get/list/watch, pods/exec create/get"
 _FORBIDDEN = re.compile(r'User "([^"]*)" cannot (\w+) resource "([^"]+)"')
+# How the API server words a refusal by an admission policy or webhook (after RBAC allowed the call)
+_ADMISSION = re.compile(r"(ValidatingAdmissionPolicy|admission webhook) .*denied (the )?request")
 
 
 def api_message(body: bytes | str) -> str:
@@ -36,7 +38,10 @@ def api_message(body: bytes | str) -> str:
 
 def forbidden(message: str, namespace: str, verb: str, resource: str, user: str | None) -> KubesshError:
     """The API names user, verb and resource for RBAC denials, but not for the extra
-    'create' check on a websocket exec: then the caller's guess stands."""
+    'create' check on a websocket exec: then the caller's guess stands. An admission policy's
+    refusal is final (the credentials were accepted) and its own message says why."""
+    if _ADMISSION.search(message):
+        return KubesshError(f"refused by the API server's admission: {message}", Exit.FORBIDDEN)
     found = _FORBIDDEN.search(message)
     if found:
         user, verb, resource = found.group(1), found.group(2), found.group(3)

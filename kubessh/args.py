@@ -34,8 +34,9 @@ KUBESSH_POD_UIDS (set by the leader: a JSON object of pod name to uid; POD must
 be one of them, with that uid, and its container's LAUNCHER_POD_UID too).
 
 exit status: the remote command's; 250 usage, 251 credentials (token, CA or
-kubeconfig unusable), 252 forbidden (RBAC), 253 pod not in this group (or not
-the pod the leader discovered), 254 no such pod, 255 API or exec failure."""
+kubeconfig unusable), 252 forbidden (RBAC, or an admission policy such as the
+chart's), 253 pod not in this group (or not the pod the leader discovered), 254
+no such pod, 255 API or exec failure."""
 
 _VALUED = {"--namespace": "namespace", "--container": "container", "--group-key": "group_key"}
 _SSH_VALUED = set("BbcDEeFIiJLlmOopQRSWw")

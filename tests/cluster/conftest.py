@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
 from cluster.controlplane import BIN, SYSTEM_PATH, Cluster  # the repo root is on pythonpath (pyproject)
+from tests.chart.chart_helpers import INSTALL_HINT, find_tool
+from tests.cluster.helm import Release, provide_claim
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +47,15 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     name = cluster.create_namespace()
     yield name
     cluster.delete_namespace(name)
+
+
+@pytest.fixture
+def helm_in(cluster: Cluster, namespace: str) -> Iterator[Release]:
+    """helm against the cluster in ``namespace``, with the model claim the chart mounts."""
+    binary = find_tool("helm", "HELM")
+    if binary is None:
+        pytest.skip(f"helm not found: {INSTALL_HINT}")
+    core = client.CoreV1Api(cluster.api)
+    pv = provide_claim(core, namespace)
+    yield Release(binary, cluster.kubeconfig, namespace)
+    core.delete_persistent_volume(pv)

@@ -15,6 +15,17 @@ from tests.cluster.lws import wait_for
 
 INSTANCE = "app.kubernetes.io/instance"
 CLAIM = "models"
+MODEL_REPO = "/var/run/models/toy/triton_model_repo"
+# Values that fit the test cluster (4 nodes of 8 "GPUs", one pod per node): a group of 2 pods.
+VALUES = {
+    "image.repository": "example.invalid/lws-triton", "image.tag": "test",
+    "tensorrtLLM.parallelism.tensor": "2", "tensorrtLLM.parallelism.pipeline": "1", "gpuPerNode": "1",
+    "resources.efa": "0", "resources.cpu": "1", "resources.memory": "1Gi", "resources.ephemeralStorage": "",
+    "shmSize": "64Mi",
+    "startup.timeoutSeconds": "120", "startup.discoveryTimeoutSeconds": "60",
+    "modelRepository.persistentVolumeClaim": CLAIM, "modelRepository.path": MODEL_REPO,
+    "service.type": "ClusterIP", "autoscaling.enabled": "false", "lws.replicas": "1",
+}
 
 
 class Release:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,11 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.chart.chart_helpers import CHART, INSTALL_HINT, find_tool
+from tests.chart.chart_helpers import CHART
 from tests.chart.chart_helpers import LWS_GROUP_KEY as GROUP_KEY
 from tests.chart.chart_helpers import LWS_NAME as NAME
 from tests.chart.chart_helpers import LWS_WORKER_INDEX as WORKER_INDEX
-from tests.cluster.helm import CLAIM, INSTANCE, Release, describe, provide_claim, running
+from tests.cluster.helm import INSTANCE, MODEL_REPO, VALUES, Release, describe, running
 from tests.cluster.kubessh_helpers import run_in_pod
 from tests.cluster.lws import wait_for
 from tests.conftest import http_get
@@ -27,19 +26,8 @@ from tests.integration.launch import expected_output, infer, private_repo, wait_
 
 pytestmark = pytest.mark.cluster
 
-MODEL_REPO = "/var/run/models/toy/triton_model_repo"
 DEFAULT_CANARY_INPUTS = yaml.safe_load((CHART / "values.yaml").read_text())["canary"]["inputs"]
 VENV_BIN = Path(sys.executable).parent
-# Values that fit the test cluster (4 nodes of 8 "GPUs", one pod per node): a group of 2 pods.
-VALUES = {
-    "image.repository": "example.invalid/lws-triton", "image.tag": "test",
-    "tensorrtLLM.parallelism.tensor": "2", "tensorrtLLM.parallelism.pipeline": "1", "gpuPerNode": "1",
-    "resources.efa": "0", "resources.cpu": "1", "resources.memory": "1Gi", "resources.ephemeralStorage": "",
-    "shmSize": "64Mi",
-    "startup.timeoutSeconds": "120", "startup.discoveryTimeoutSeconds": "60",
-    "modelRepository.persistentVolumeClaim": CLAIM, "modelRepository.path": MODEL_REPO,
-    "service.type": "ClusterIP", "autoscaling.enabled": "false", "lws.replicas": "1",
-}
 EXPECTED_LEADER_ARGS = [
     "leader", "--tp=2", "--pp=1", "--gpus-per-pod=1", f"--model-repo={MODEL_REPO}", "--model=tensorrt_llm",
     "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--health-port=8080",
@@ -50,17 +38,6 @@ EXPECTED_LEADER_ARGS = [
     "--restricted-apis=model-repository,shared-memory,trace,logging",
 ]
 EXPECTED_WORKER_ARGS = ["worker", "--health-port=8080", "--log-format=text"]
-
-
-@pytest.fixture
-def helm_in(cluster: Any, namespace: str) -> Iterator[Release]:
-    binary = find_tool("helm", "HELM")
-    if binary is None:
-        pytest.skip(f"helm not found: {INSTALL_HINT}")
-    core = client.CoreV1Api(cluster.api)
-    pv = provide_claim(core, namespace)
-    yield Release(binary, cluster.kubeconfig, namespace)
-    core.delete_persistent_volume(pv)
 
 
 def test_install_creates_a_group_with_the_charts_labels_env_and_args(cluster: Any, helm_in: Release) -> None:
@@ -205,10 +182,11 @@ def test_the_charts_group_serves_with_the_charts_commands(cluster: Any, helm_in:
 
 
 def kubessh_from_leader(cluster: Any, ns: str, release: str, pod: str) -> tuple[int, str]:
-    """``kubessh <pod> true`` from ``release``'s leader pod, under its ServiceAccount token, with the
-    client-side group check off: what the API server alone allows. (exit status, its one error line)"""
-    code, _, err = run_in_pod(cluster, ns, f"{release}-lws-triton-0", [str(VENV_BIN / "kubessh"), pod, "true"],
-                              env={"LAUNCHER_GROUP_KEY": ""})
+    """``kubessh --any-pod <pod> true`` from ``release``'s leader pod, under its ServiceAccount token:
+    with the client-side group check off, what the API server alone allows. (exit status, its one
+    error line)"""
+    argv = [str(VENV_BIN / "kubessh"), "--any-pod", pod, "true"]
+    code, _, err = run_in_pod(cluster, ns, f"{release}-lws-triton-0", argv, env={"LAUNCHER_GROUP_KEY": ""})
     return code, err.strip().splitlines()[-1] if err.strip() else ""
 
 

@@ -193,6 +193,15 @@ def test_forbidden_without_details_keeps_the_guess_and_the_token_user() -> None:
     assert str(err).startswith("forbidden: cannot create pods/exec in namespace ns as me (")
 
 
+def test_an_admission_policys_refusal_is_final_and_quoted() -> None:
+    message = ('pods "b-0-1" is forbidden: ValidatingAdmissionPolicy \'a.ns.exec\' with binding \'a.ns.exec\' '
+               "denied request: system:serviceaccount:ns:a may exec only into the worker pods of LeaderWorkerSet ns/a")
+    err = api.http_error(403, json.dumps({"message": message}), namespace="ns", pod="b-0-1", verb="create",
+                         resource="pods/exec")
+    assert not isinstance(err, Transient) and err.code == Exit.FORBIDDEN
+    assert str(err) == f"refused by the API server's admission: {message}"
+
+
 @pytest.mark.parametrize(("status", "kind", "code"), [
     (404, KubesshError, Exit.NO_POD), (401, KubesshError, Exit.UNREACHABLE), (400, KubesshError, Exit.UNREACHABLE),
     (429, Transient, Exit.UNREACHABLE), (503, Transient, Exit.UNREACHABLE)])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,12 @@ log = logging.getLogger("launcher.k8s")
 
 WATCH_SECONDS = 60  # server-side end of one watch request; it is resumed at once
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def equal_jitter(delay_s: float) -> float:
+    """Somewhere in the second half of ``delay_s``: the leaders of many groups, cut off together by an
+    API server restart, do not come back in lockstep (a re-list storm) but stay near the backoff."""
+    return random.uniform(delay_s / 2, delay_s)
 
 
 def kube(module: str) -> Any:
@@ -159,10 +166,12 @@ class PodWatch:
     """The current pods of one group, by name, and a condition that fires on every change."""
 
     def __init__(self, api: PodApi, namespace: str, clock: Callable[[], float] = time.monotonic,
-                 pause: Callable[[float], object] | None = None) -> None:
+                 pause: Callable[[float], object] | None = None,
+                 jitter: Callable[[float], float] = equal_jitter) -> None:
         self.namespace = namespace
         self._api = api
         self._clock = clock
+        self._jitter = jitter
         self._closed = threading.Event()
         self._pause = pause or self._closed.wait  # between attempts; returns early when closed
         self._pods: dict[str, PodState] = {}
@@ -267,7 +276,7 @@ class PodWatch:
         return version
 
     def _backoff(self, failures: int, why: str) -> int:
-        delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+        delay = self._jitter(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
         log.log(logging.WARNING if failures else logging.INFO, "pod watch interrupted (%s); retrying in %.1fs",
                 why.splitlines()[0][:200], delay)
         self._pause(delay)

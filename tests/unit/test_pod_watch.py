@@ -10,7 +10,7 @@ import pytest
 
 from launcher.errors import ExitCode, LauncherError
 from launcher.k8s.pods import PodState
-from launcher.k8s.watch import BACKOFF_S, ApiError, Event, Gone, PodWatch
+from launcher.k8s.watch import BACKOFF_S, ApiError, Event, Gone, PodWatch, equal_jitter
 
 
 def pod(name: str, uid: str = "u1", phase: str = "Running") -> PodState:
@@ -76,8 +76,9 @@ class FakeApi:
         self.now += seconds
 
 
-def run(api: FakeApi) -> PodWatch:
-    watch = PodWatch(api, "ns1", clock=api.clock, pause=api.pause)
+def run(api: FakeApi, jitter: Callable[[float], float] = lambda delay: delay) -> PodWatch:
+    """The watch's thread body on the scripted API, with no jitter unless one is given."""
+    watch = PodWatch(api, "ns1", clock=api.clock, pause=api.pause, jitter=jitter)
     api.watch_obj = watch
     watch.run()
     assert api.closed
@@ -134,6 +135,18 @@ def test_transport_errors_back_off_and_resume_without_listing() -> None:
     run(api)
     assert [c[0] for c in api.calls].count("list") == 1
     assert api.pauses[:4] == list(BACKOFF_S[:3]) + [BACKOFF_S[0]]  # reset by the watch that lasted
+
+
+def test_the_backoff_is_jittered_into_its_second_half() -> None:
+    """Two leaders cut off by the same restart wait different times, each within [delay/2, delay]."""
+    script = [("list", ({}, "5")), *[("watch", OSError("refused")) for _ in range(6)], ("watch", [LONG])]
+    first, second = FakeApi(*script), FakeApi(*script)
+    run(first, jitter=equal_jitter)
+    run(second, jitter=equal_jitter)
+    expected = [BACKOFF_S[min(i, len(BACKOFF_S) - 1)] for i in range(6)]
+    for api in (first, second):
+        assert all(d / 2 <= p <= d for p, d in zip(api.pauses, expected, strict=True)), api.pauses
+    assert first.pauses != second.pauses
 
 
 def test_a_watch_that_ends_at_once_backs_off() -> None:

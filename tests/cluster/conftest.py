@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from tests.chart.chart_helpers import INSTALL_HINT, find_tool
 from tests.cluster.helm import Release, provide_claim
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@contextmanager
+def running_cluster(workdir: Path, nodes: int, pods_per_node: int = 1) -> Iterator[Cluster]:
+    """A started control plane whose exec'd commands find this virtualenv's tools first ("the image":
+    mpirun, tritonserver, launcher, kubessh); skipped without root or the binaries (failed in CI)."""
     if os.geteuid() != 0:
         pytest.skip("the cluster fixture needs root (network namespaces)")
     if not (BIN / "kube-apiserver").exists():
@@ -29,8 +32,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
-    # "the image": this virtualenv's tools (mpirun, tritonserver, launcher, kubessh) come first on PATH
-    c = Cluster(tmp_path_factory.mktemp("cluster"), nodes_count=int(os.environ.get("CLUSTER_NODES", "4")),
+    c = Cluster(workdir, nodes_count=nodes, pods_per_node=pods_per_node,
                 path=f"{Path(sys.executable).parent}:{SYSTEM_PATH}")
     t0 = time.monotonic()
     c.start()
@@ -39,6 +41,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("cluster"), int(os.environ.get("CLUSTER_NODES", "4"))) as c:
+        yield c
 
 
 @pytest.fixture

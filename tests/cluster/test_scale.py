@@ -1,0 +1,138 @@
+"""Many leaders against one API server: 25 groups of 4 pods under one LeaderWorkerSet, each group's
+`launcher leader` running in its leader pod (its token, the launcher's Role) and watching its group,
+whose workers stay Pending (a node label no node has) so that every leader keeps watching. Then the
+API server is killed and started again: every leader must watch again, none may exit.
+
+A control plane of its own (two kwok nodes of 16 pods each: 25 leader pods), started for this module.
+Leaders share their node's network namespace here, so each gets its own ports.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from cluster.controlplane import Cluster
+from tests.cluster.conftest import running_cluster
+from tests.cluster.lws import apply_lws, grant_launcher_role, lws, pods_of, wait_for
+from tests.conftest import VENV_BIN
+from tests.integration.launch import private_repo
+
+pytestmark = pytest.mark.cluster
+
+LEADERS, SIZE = 25, 4
+WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+
+
+@pytest.fixture(scope="module")
+def wide_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("wide"), nodes=2, pods_per_node=16) as c:
+        yield c
+
+
+def apiserver_metrics(api: Any) -> str:
+    response = api.call_api("GET", api.configuration.host + "/metrics")
+    response.read()
+    return str(response.data.decode())
+
+
+def pod_requests(text: str, metric: str, verb: str) -> float:
+    """The sum of ``metric`` over its namespaced pods series for ``verb`` (the leaders' own calls: every
+    controller lists and watches pods cluster-wide)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(metric + "{") and 'resource="pods"' in line and 'scope="namespace"' in line \
+                and f'verb="{verb}"' in line and 'subresource=""' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def start_leaders(cluster: Cluster, ns: str, tmp: Path) -> list[tuple[subprocess.Popen[str], Path]]:
+    repo = private_repo(tmp)
+    leaders = sorted((p for p in pods_of(cluster.api, ns, "s") if p.metadata.labels.get(WORKER_INDEX) == "0"),
+                     key=lambda p: p.metadata.name)
+    started = []
+    for i, pod in enumerate(leaders):
+        base = 20000 + 10 * i
+        argv = [str(VENV_BIN / "launcher"), "leader", f"--tp={SIZE}", "--gpus-per-pod=1", f"--model-repo={repo}",
+                "--model=toy_tp", "--log-format=json", "--discovery-timeout=600", f"--http-port={base}",
+                f"--grpc-port={base + 1}", f"--metrics-port={base + 2}", f"--health-port={base + 3}"]
+        log = tmp / f"{pod.metadata.name}.log"
+        with log.open("w") as out:
+            proc = cluster.popen_in_pod(ns, pod.metadata.name, argv, stdout=out, stderr=subprocess.STDOUT,
+                                        text=True, cwd="/")
+        started.append((proc, log))
+    return started
+
+
+def log_records(log: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def test_every_leader_watches_again_after_an_api_server_restart(wide_cluster: Cluster, tmp_path: Path) -> None:
+    cluster = wide_cluster
+    ns = cluster.create_namespace("scale")
+    grant_launcher_role(cluster.api, ns)
+    manifest = lws("s", SIZE, worker={"nodeSelector": {"scale-test": "never"}}, leader={})
+    manifest["spec"]["replicas"] = LEADERS
+    apply_lws(cluster.api, ns, manifest)
+    wait_for(f"{LEADERS} leader pods Running", lambda: sum(
+        1 for p in pods_of(cluster.api, ns, "s")
+        if p.metadata.labels.get(WORKER_INDEX) == "0" and p.status.phase == "Running") == LEADERS or None,
+        lambda: [(p.metadata.name, p.status.phase) for p in pods_of(cluster.api, ns, "s")], timeout=120)
+    leaders = start_leaders(cluster, ns, tmp_path)
+    try:
+        wait_for("every leader watching its group", lambda: all(
+            "pods running (" in log.read_text(errors="replace") for _, log in leaders) or None,
+            lambda: [log.read_text(errors="replace")[-300:] for _, log in leaders[:3]], timeout=120)
+        assert pod_requests(apiserver_metrics(cluster.api), "apiserver_longrunning_requests", "WATCH") >= LEADERS
+        rss = sorted(psutil.Process(proc.pid).memory_info().rss / 2**20 for proc, _ in leaders)
+
+        killed = time.monotonic()
+        cluster.restart("kube-apiserver", down_s=3)
+        back = time.monotonic()
+        samples: list[tuple[float, float, float]] = []
+
+        def watching() -> bool:
+            text = apiserver_metrics(cluster.api)
+            samples.append((time.monotonic() - back, pod_requests(text, "apiserver_longrunning_requests", "WATCH"),
+                            pod_requests(text, "apiserver_request_total", "LIST")))
+            return samples[-1][1] >= LEADERS
+
+        wait_for("every leader watching again", lambda: watching() or None, lambda: samples[-5:], timeout=60,
+                 interval_s=0.2)
+        exited = [(log.name, log.read_text(errors="replace")[-500:]) for proc, log in leaders
+                  if proc.poll() is not None]
+        assert exited == []
+        errors = [(log.name, r.get("message")) for _, log in leaders for r in log_records(log)
+                  if r.get("level") in ("ERROR", "CRITICAL")]
+        assert errors == []
+        retries = [float(m.group(1)) for _, log in leaders for r in log_records(log)
+                   if (m := re.search(r"retrying in ([\d.]+)s", str(r.get("message", ""))))]
+        retries.sort()
+        print(f"\n{LEADERS} leaders: RSS median {rss[len(rss) // 2]:.0f} MiB, max {rss[-1]:.0f} MiB; API server "
+              f"killed, back (ready) after {back - killed:.1f}s, every leader watching again {samples[-1][0]:.2f}s "
+              f"later; {samples[-1][2]:.0f} pod lists by then; {len(retries)} reconnect waits of "
+              f"{retries[0]:.1f}-{retries[-1]:.1f}s (median {retries[len(retries) // 2]:.1f}s), "
+              f"{len(set(retries))} distinct")
+        assert len(set(retries)) > 1, retries  # jittered: not in lockstep
+    finally:
+        for proc, _ in leaders:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, _ in leaders:
+            proc.wait(timeout=30)
+        cluster.delete_namespace(ns, timeout=60)

@@ -123,12 +123,12 @@ def test_every_leader_watches_again_after_an_api_server_restart(wide_cluster: Cl
         retries = [float(m.group(1)) for _, log in leaders for r in log_records(log)
                    if (m := re.search(r"retrying in ([\d.]+)s", str(r.get("message", ""))))]
         retries.sort()
+        assert len(set(retries)) > 1, retries  # jittered: not in lockstep
         print(f"\n{LEADERS} leaders: RSS median {rss[len(rss) // 2]:.0f} MiB, max {rss[-1]:.0f} MiB; API server "
               f"killed, back (ready) after {back - killed:.1f}s, every leader watching again {samples[-1][0]:.2f}s "
               f"later; {samples[-1][2]:.0f} pod lists by then; {len(retries)} reconnect waits of "
               f"{retries[0]:.1f}-{retries[-1]:.1f}s (median {retries[len(retries) // 2]:.1f}s), "
               f"{len(set(retries))} distinct")
-        assert len(set(retries)) > 1, retries  # jittered: not in lockstep
     finally:
         for proc, _ in leaders:
             if proc.poll() is None:

@@ -118,7 +118,7 @@ def test_every_leader_watches_again_after_an_api_server_restart(wide_cluster: Cl
                   if proc.poll() is not None]
         assert exited == []
         errors = [(log.name, r.get("message")) for _, log in leaders for r in log_records(log)
-                  if r.get("level") in ("ERROR", "CRITICAL")]
+                  if r.get("level") in ("error", "critical")]
         assert errors == []
         retries = [float(m.group(1)) for _, log in leaders for r in log_records(log)
                    if (m := re.search(r"retrying in ([\d.]+)s", str(r.get("message", ""))))]

@@ -1,10 +1,12 @@
-"""Many leaders against one API server: 25 groups of 4 pods under one LeaderWorkerSet, each group's
+"""Scale on the real control plane. A group of 16 pods (one per kwok node) found, reached through
+kubessh and run through mpirun by `launcher preflight`. And many leaders against one API server:
+25 groups of 4 pods under one LeaderWorkerSet, each group's
 `launcher leader` running in its leader pod (its token, the launcher's Role) and watching its group,
 whose workers stay Pending (a node label no node has) so that every leader keeps watching. Then the
 API server is killed and started again: every leader must watch again, none may exit.
 
-A control plane of its own (two kwok nodes of 16 pods each: 25 leader pods), started for this module.
-Leaders share their node's network namespace here, so each gets its own ports.
+Each on a control plane of its own, started for this module: 16 nodes of one pod, and two nodes of 16
+pods (25 leader pods), whose leaders share their node's network namespace, so each gets its own ports.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from tests.integration.launch import private_repo
 pytestmark = pytest.mark.cluster
 
 LEADERS, SIZE = 25, 4
+WIDE_GROUP = 16  # pods of the one wide group, one per node
 WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 
 
@@ -136,3 +139,43 @@ def test_every_leader_watches_again_after_an_api_server_restart(wide_cluster: Cl
         for proc, _ in leaders:
             proc.wait(timeout=30)
         cluster.delete_namespace(ns, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tall_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("tall"), nodes=WIDE_GROUP) as c:
+        yield c
+
+
+def test_a_16_pod_group_is_found_reached_and_runs_one_rank_per_pod(tall_cluster: Cluster, tmp_path: Path) -> None:
+    """`launcher preflight` in the leader pod of a 16-pod group: discovery through the API, kubessh into
+    all 15 workers, and mpirun running the preflight program on all 16 ranks (its barrier and
+    all-reduce prove that every rank took part)."""
+    cluster = tall_cluster
+    ns = cluster.create_namespace("tall")
+    grant_launcher_role(cluster.api, ns)
+    apply_lws(cluster.api, ns, lws("t", WIDE_GROUP, leader={}))
+    pods = wait_for(f"{WIDE_GROUP} pods Running", lambda: (found := pods_of(cluster.api, ns, "t")) and len(
+        [p for p in found if p.status.phase == "Running"]) == WIDE_GROUP and found or None,
+        lambda: [(p.metadata.name, p.status.phase) for p in pods_of(cluster.api, ns, "t")], timeout=120)
+    leader = next(p for p in pods if p.metadata.labels.get(WORKER_INDEX) == "0")
+    argv = [str(VENV_BIN / "launcher"), "preflight", f"--tp={WIDE_GROUP}", "--gpus-per-pod=1", "--output=json",
+            "--preflight-max-bytes=65536", "--discovery-timeout=120", f"--model-repo={private_repo(tmp_path)}",
+            "--model=toy_tp", "--log-format=json"]
+    started = time.monotonic()
+    proc = cluster.popen_in_pod(ns, leader.metadata.name, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd="/")
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    took = time.monotonic() - started
+    assert proc.returncode == 0, (out[-2000:], err[-4000:])
+    report = json.loads(out)
+    assert report["passed"] and [r["stage"] for r in report["ranks"]] == ["done"] * WIDE_GROUP
+    assert sorted(r["pod"] for r in report["ranks"]) == sorted(p.metadata.name for p in pods)
+    print(f"\n{WIDE_GROUP}-pod group: discovery, kubessh into {WIDE_GROUP - 1} workers and preflight on "
+          f"{WIDE_GROUP} ranks in {took:.1f}s (preflight itself {report['seconds']:.1f}s)")
+    cluster.delete_namespace(ns, timeout=60)

@@ -16,13 +16,20 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from cluster.controlplane import Cluster
 from tests.cluster.conftest import running_cluster
+from tests.cluster.leaders import (
+    WORKER_INDEX,
+    apiserver_metrics,
+    log_records,
+    pod_requests,
+    start_watching_leaders,
+    stop_leaders,
+)
 from tests.cluster.lws import apply_lws, grant_launcher_role, lws, pods_of, wait_for
 from tests.conftest import VENV_BIN
 from tests.integration.launch import private_repo
@@ -31,7 +38,6 @@ pytestmark = pytest.mark.cluster
 
 LEADERS, SIZE = 25, 4
 WIDE_GROUP = 16  # pods of the one wide group, one per node
-WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 
 
 @pytest.fixture(scope="module")
@@ -40,67 +46,11 @@ def wide_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
 
 
-def apiserver_metrics(api: Any) -> str:
-    response = api.call_api("GET", api.configuration.host + "/metrics")
-    response.read()
-    return str(response.data.decode())
-
-
-def pod_requests(text: str, metric: str, verb: str) -> float:
-    """The sum of ``metric`` over its namespaced pods series for ``verb`` (the leaders' own calls: every
-    controller lists and watches pods cluster-wide)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(metric + "{") and 'resource="pods"' in line and 'scope="namespace"' in line \
-                and f'verb="{verb}"' in line and 'subresource=""' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def start_leaders(cluster: Cluster, ns: str, tmp: Path) -> list[tuple[subprocess.Popen[str], Path]]:
-    repo = private_repo(tmp)
-    leaders = sorted((p for p in pods_of(cluster.api, ns, "s") if p.metadata.labels.get(WORKER_INDEX) == "0"),
-                     key=lambda p: p.metadata.name)
-    started = []
-    for i, pod in enumerate(leaders):
-        base = 20000 + 10 * i
-        argv = [str(VENV_BIN / "launcher"), "leader", f"--tp={SIZE}", "--gpus-per-pod=1", f"--model-repo={repo}",
-                "--model=toy_tp", "--log-format=json", "--discovery-timeout=600", f"--http-port={base}",
-                f"--grpc-port={base + 1}", f"--metrics-port={base + 2}", f"--health-port={base + 3}"]
-        log = tmp / f"{pod.metadata.name}.log"
-        with log.open("w") as out:
-            proc = cluster.popen_in_pod(ns, pod.metadata.name, argv, stdout=out, stderr=subprocess.STDOUT,
-                                        text=True, cwd="/")
-        started.append((proc, log))
-    return started
-
-
-def log_records(log: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
-
-
 def test_every_leader_watches_again_after_an_api_server_restart(wide_cluster: Cluster, tmp_path: Path) -> None:
     cluster = wide_cluster
     ns = cluster.create_namespace("scale")
-    grant_launcher_role(cluster.api, ns)
-    manifest = lws("s", SIZE, worker={"nodeSelector": {"scale-test": "never"}}, leader={})
-    manifest["spec"]["replicas"] = LEADERS
-    apply_lws(cluster.api, ns, manifest)
-    wait_for(f"{LEADERS} leader pods Running", lambda: sum(
-        1 for p in pods_of(cluster.api, ns, "s")
-        if p.metadata.labels.get(WORKER_INDEX) == "0" and p.status.phase == "Running") == LEADERS or None,
-        lambda: [(p.metadata.name, p.status.phase) for p in pods_of(cluster.api, ns, "s")], timeout=120)
-    leaders = start_leaders(cluster, ns, tmp_path)
+    leaders = start_watching_leaders(cluster, ns, LEADERS, SIZE, tmp_path)
     try:
-        wait_for("every leader watching its group", lambda: all(
-            "pods running (" in log.read_text(errors="replace") for _, log in leaders) or None,
-            lambda: [log.read_text(errors="replace")[-300:] for _, log in leaders[:3]], timeout=120)
         assert pod_requests(apiserver_metrics(cluster.api), "apiserver_longrunning_requests", "WATCH") >= LEADERS
         rss = sorted(psutil.Process(proc.pid).memory_info().rss / 2**20 for proc, _ in leaders)
 
@@ -133,11 +83,7 @@ def test_every_leader_watches_again_after_an_api_server_restart(wide_cluster: Cl
               f"{retries[0]:.1f}-{retries[-1]:.1f}s (median {retries[len(retries) // 2]:.1f}s), "
               f"{len(set(retries))} distinct")
     finally:
-        for proc, _ in leaders:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, _ in leaders:
-            proc.wait(timeout=30)
+        stop_leaders(leaders)
         cluster.delete_namespace(ns, timeout=60)
 
 

@@ -11,10 +11,12 @@ ETCD_VERSION=v3.6.8      # go.etcd.io/etcd/server/v3 (what k8s 1.36 tests with).
 CNI_VERSION=v1.10.0      # github.com/containernetworking/plugins: bridge, host-local, loopback, portmap
 PROMETHEUS_VERSION=v0.316.0  # github.com/prometheus/prometheus = Prometheus 3.16.0: prometheus and promtool
                              # for tests/monitoring (rules checked and unit-tested, a real scrape of a run)
+KUEUE_VERSION=v0.17.0    # sigs.k8s.io/kueue: admission of the chart's groups under quota (tests/cluster)
 #
 # Output: $CACHE/bin/<name> plus $CACHE/bin/<name>.version (the pin it was built
 # from), the CNI plugins in $CACHE/bin/cni/;
-# $CACHE/share/{lws-crds/*.yaml,lws-webhooks.yaml,kwok-stages/*.yaml}.
+# $CACHE/share/{lws,kueue}-crds/*.yaml, $CACHE/share/{lws,kueue}-webhooks.yaml,
+# $CACHE/share/kwok-stages/*.yaml.
 # A binary whose .version matches its pin is never rebuilt. Builds run niced.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -119,5 +121,17 @@ build_prometheus() {  # go install of both commands; the module's go.mod pins ev
   stamp prometheus "$PROMETHEUS_VERSION"; stamp promtool "$PROMETHEUS_VERSION"
 }
 { fresh prometheus "$PROMETHEUS_VERSION" && fresh promtool "$PROMETHEUS_VERSION"; } || timed build_prometheus
+
+# --- Kueue (tests/cluster/test_chart_kueue.py) --------------------------------
+build_kueue() {  # go install: the module's go.mod pins every dependency
+  GOBIN="$BIN" $NICE go install -ldflags="-s -w" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  stamp kueue "$KUEUE_VERSION"
+}
+fresh kueue "$KUEUE_VERSION" || timed build_kueue
+kueuedir=$(moddir "sigs.k8s.io/kueue@$KUEUE_VERSION")
+mkdir -p "$SHARE/kueue-crds"
+cp -f "$kueuedir"/config/components/crd/bases/*.yaml "$SHARE/kueue-crds/"
+cp -f "$kueuedir"/config/components/webhook/manifests.yaml "$SHARE/kueue-webhooks.yaml"
+chmod -R u+w "$SHARE"
 
 echo "build.sh: ready in $BIN"; (cd "$BIN" && for f in *.version; do echo "  ${f%.version}: $(cat "$f")"; done)

@@ -284,12 +284,13 @@ class Cluster:
         from kubernetes import config
         self.api = config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    def _install_crds(self) -> None:
+    def _install_crds(self, project: str = "lws") -> None:
+        """The CRDs build.sh copied to share/<project>-crds, once established."""
         from kubernetes import client
         ext = client.ApiextensionsV1Api(self.api)
         names = []
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on these 1.5 MB files
-        for f in sorted((SHARE / "lws-crds").glob("*.yaml")):
+        for f in sorted((SHARE / f"{project}-crds").glob("*.yaml")):
             crd = _strip_descriptions(yaml.load(f.read_text(), Loader=loader))
             ext.create_custom_resource_definition(crd)
             names.append(crd["metadata"]["name"])
@@ -298,7 +299,7 @@ class Cluster:
             return all(any(c.type == "Established" and c.status == "True"
                            for c in (ext.read_custom_resource_definition(n).status.conditions or []))
                        for n in names)
-        wait_for("LWS CRDs established", established, 30)
+        wait_for(f"{project} CRDs established", established, 30)
 
     def _start_component(self, name: str) -> Proc:
         # the scheduler at 2 logs why a pod did not fit: what a test that waits for a group needs to know
@@ -373,29 +374,71 @@ class Cluster:
             node.kwok = self._proc(f"kwok-{node.name}", argv, env=env)
 
     def _register_webhooks(self, lws: tuple[Proc, int]) -> None:
+        # the pod webhook only for LWS's pods, as LWS's own kustomize patch does
+        self._webhooks("lws", lws, lambda hook: {"objectSelector": {"matchExpressions": [
+            {"key": NAME_LABEL, "operator": "Exists"}]}} if any(r["resources"] == ["pods"] for r in hook["rules"])
+            else {})
+
+    def _webhooks(self, project: str, server: tuple[Proc, int],
+                  adjust: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+        """Register share/<project>-webhooks.yaml with ``url: https://127.0.0.1:<port><path>`` once the
+        server answers TLS; ``adjust(hook)`` returns fields to set on a hook, or None to leave it out."""
         from kubernetes import client
-        proc, port = lws
+        proc, port = server
         ctx = ssl.create_default_context(cafile=str(self.ca_path))
 
         def listening() -> bool:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 with ctx.wrap_socket(s, server_hostname="127.0.0.1"):
                     return True
-        wait_for("LWS webhook server", listening, 60, [proc])
-        manifests = list(yaml.safe_load_all((SHARE / "lws-webhooks.yaml").read_text()))
+        wait_for(f"{project} webhook server", listening, 60, [proc])
         ca = base64.b64encode(self.ca.pem).decode()
         adm = client.AdmissionregistrationV1Api(self.api)
-        for m in manifests:
-            m["metadata"]["name"] = "lws-" + m["metadata"]["name"]
+        for m in yaml.safe_load_all((SHARE / f"{project}-webhooks.yaml").read_text()):
+            m["metadata"]["name"] = f"{project}-" + m["metadata"]["name"]
+            hooks = []
             for hook in m["webhooks"]:
+                extra = adjust(hook)
+                if extra is None:
+                    continue
                 path = hook["clientConfig"]["service"]["path"]
-                hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}", "caBundle": ca}
-                if any(r["resources"] == ["pods"] for r in hook["rules"]):  # as LWS's own kustomize patch does
-                    hook["objectSelector"] = {"matchExpressions": [{"key": NAME_LABEL, "operator": "Exists"}]}
+                hooks.append({**hook, **extra, "clientConfig": {"url": f"https://127.0.0.1:{port}{path}",
+                                                                "caBundle": ca}})
+            m["webhooks"] = hooks
             if m["kind"] == "MutatingWebhookConfiguration":
                 adm.create_mutating_webhook_configuration(m)
             else:
                 adm.create_validating_webhook_configuration(m)
+
+    def start_kueue(self) -> Proc:
+        """Kueue's CRDs, its controller (the LeaderWorkerSet and pod integrations; no certificate
+        management, no leader election, no visibility server) and its webhooks; call after start()."""
+        self._install_crds("kueue")
+        port, health = free_port(), free_port()
+        conf = self.workdir / "kueue-config.yaml"
+        conf.write_text(yaml.safe_dump({
+            "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration", "namespace": "kube-system",
+            "leaderElection": {"leaderElect": False}, "internalCertManagement": {"enable": False},
+            "webhook": {"host": "127.0.0.1", "port": port, "certDir": str(self.webhook_dir)},
+            "metrics": {"bindAddress": "0"}, "health": {"healthProbeBindAddress": f"127.0.0.1:{health}"},
+            "integrations": {"frameworks": ["leaderworkerset.x-k8s.io/leaderworkerset", "pod"]},
+        }))
+        env = {"PATH": SYSTEM_PATH, "HOME": str(self.workdir), "KUBECONFIG": str(self.kubeconfig)}
+        # Without its certificate management Kueue reads a metrics certificate from a fixed path,
+        # /etc/kueue/metrics/certs: give it one in a mount namespace of its own (a tmpfs there; the
+        # directory it mounts over is created empty on this machine if missing).
+        certs = "/etc/kueue/metrics/certs"
+        setup = (f'mkdir -p /etc/kueue && mount -t tmpfs kueue /etc/kueue && mkdir -p {certs} && '
+                 f'cp "$0" "$1" {certs}/ && shift && exec "$@"')
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup,
+                str(self.webhook_dir / "tls.crt"), str(self.webhook_dir / "tls.key"),
+                str(BIN / "kueue"), f"--config={conf}", "--zap-log-level=info",
+                "--feature-gates=VisibilityOnDemand=false"]
+        proc = self._proc("kueue", argv, env=env)
+        wanted = ("leaderworkerset", "--v1-pod", "kueue-x-k8s-io")
+        self._webhooks("kueue", (proc, port), lambda hook: {} if any(
+            w in hook["clientConfig"]["service"]["path"] for w in wanted) else None)
+        return proc
 
     def _wait_ready(self) -> None:
         from kubernetes import client

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -36,6 +36,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("launcher.supervisor")
 
 RANK_PROCESS_NAMES = ("tritonserver",)
+
+
+def count_ranks(processes: Iterable[psutil.Process]) -> int:
+    """Live rank processes among ``processes``. A rank's own fork is no rank: Triton forks before it
+    execs each python backend stub, and for that moment the child bears the rank's name (counted, it
+    made a launch of 2 ranks look like 3, then like one lost)."""
+    import psutil
+
+    named: dict[int, int] = {}  # pid -> parent pid, of the live processes with a rank's name
+    for process in processes:
+        try:
+            if process.name() in RANK_PROCESS_NAMES and process.status() != psutil.STATUS_ZOMBIE:
+                named[process.pid] = process.ppid()
+        except psutil.Error:
+            continue
+    return sum(1 for parent in named.values() if parent not in named)
 
 
 class ReadinessProbe(Protocol):
@@ -214,17 +230,9 @@ class Supervisor:
         import psutil
 
         try:
-            children = psutil.Process(proc.pid).children(recursive=True)
+            return count_ranks(psutil.Process(proc.pid).children(recursive=True))
         except psutil.Error:
             return 0
-        count = 0
-        for child in children:
-            try:
-                if child.name() in RANK_PROCESS_NAMES and child.status() != psutil.STATUS_ZOMBIE:
-                    count += 1
-            except psutil.Error:
-                continue
-        return count
 
     def _mpirun_exited(self, returncode: int) -> Outcome:
         self.metrics.mpirun_exit_code.set(returncode)

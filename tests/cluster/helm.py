@@ -64,9 +64,14 @@ def set_flags(values: dict[str, str]) -> list[str]:
             for flag in ("--set-string" if key in STRING_VALUES else "--set", f"{key}={value}")]
 
 
+def group_pods_selector(release: str) -> str:
+    """The label selector of the release's group pods (leaders and workers, not its helm test pod)."""
+    return f"{INSTANCE}={release},app.kubernetes.io/component!=test"
+
+
 def release_pods(core: client.CoreV1Api, ns: str, release: str) -> list[client.V1Pod]:
     """The release's group pods (not its helm test pod), in group and worker order."""
-    pods = core.list_namespaced_pod(ns, label_selector=f"{INSTANCE}={release},app.kubernetes.io/component!=test").items
+    pods = core.list_namespaced_pod(ns, label_selector=group_pods_selector(release)).items
     return sorted((p for p in pods if p.metadata.deletion_timestamp is None),
                   key=lambda p: (p.metadata.labels.get("leaderworkerset.sigs.k8s.io/group-index", ""),
                                  int(p.metadata.labels.get(WORKER_INDEX, "-1"))))

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from cluster.controlplane import Cluster
-from tests.cluster.lws import apply_lws, grant_launcher_role, lws, pods_of, wait_for
+from tests.cluster.lws import WORKER_INDEX, apply_lws, grant_launcher_role, lws, pods_of, wait_for
 from tests.conftest import VENV_BIN
 from tests.integration.launch import private_repo
 
-WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 NAME = "s"
 
 Leader = tuple[subprocess.Popen[str], Path]

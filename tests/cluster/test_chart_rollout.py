@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client, watch
 from urllib3.exceptions import ProtocolError
 
-from tests.cluster.helm import INSTANCE, VALUES, Release, describe
+from tests.cluster.helm import VALUES, Release, describe, group_pods_selector
 from tests.cluster.lws import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -54,7 +54,7 @@ class Record:
 
 @contextmanager
 def serving_record(core: client.CoreV1Api, ns: str, release: str) -> Iterator[Record]:
-    selector = f"{INSTANCE}={release},app.kubernetes.io/component!=test"
+    selector = group_pods_selector(release)
     listed = core.list_namespaced_pod(ns, label_selector=selector)
     pods = {p.metadata.name: p for p in listed.items}
     record, stop = Record(), threading.Event()
@@ -86,7 +86,7 @@ def serving_record(core: client.CoreV1Api, ns: str, release: str) -> Iterator[Re
 
 
 def rolled(core: client.CoreV1Api, ns: str, release: str, marker: str) -> bool:
-    pods = core.list_namespaced_pod(ns, label_selector=f"{INSTANCE}={release},app.kubernetes.io/component!=test").items
+    pods = core.list_namespaced_pod(ns, label_selector=group_pods_selector(release)).items
     return len(pods) == 2 and serving_groups({p.metadata.name: p for p in pods}) == 2 and all(
         (p.metadata.annotations or {}).get("example.com/rollout") == marker for p in pods)
 

@@ -23,14 +23,13 @@ import pytest
 from cluster.controlplane import Cluster
 from tests.cluster.conftest import running_cluster
 from tests.cluster.leaders import (
-    WORKER_INDEX,
     apiserver_metrics,
     log_records,
     pod_requests,
     start_watching_leaders,
     stop_leaders,
 )
-from tests.cluster.lws import apply_lws, grant_launcher_role, lws, pods_of, wait_for
+from tests.cluster.lws import apply_lws, grant_launcher_role, lws, wait_for, wait_group
 from tests.conftest import VENV_BIN
 from tests.integration.launch import private_repo
 
@@ -101,10 +100,8 @@ def test_a_16_pod_group_is_found_reached_and_runs_one_rank_per_pod(tall_cluster:
     ns = cluster.create_namespace("tall")
     grant_launcher_role(cluster.api, ns)
     apply_lws(cluster.api, ns, lws("t", WIDE_GROUP, leader={}))
-    pods = wait_for(f"{WIDE_GROUP} pods Running", lambda: (found := pods_of(cluster.api, ns, "t")) and len(
-        [p for p in found if p.status.phase == "Running"]) == WIDE_GROUP and found or None,
-        lambda: [(p.metadata.name, p.status.phase) for p in pods_of(cluster.api, ns, "t")], timeout=120)
-    leader = next(p for p in pods if p.metadata.labels.get(WORKER_INDEX) == "0")
+    pods = wait_group(cluster.api, ns, "t", WIDE_GROUP, timeout=120)
+    leader = pods[0]  # by worker index
     argv = [str(VENV_BIN / "launcher"), "preflight", f"--tp={WIDE_GROUP}", "--gpus-per-pod=1", "--output=json",
             "--preflight-max-bytes=65536", "--discovery-timeout=120", f"--model-repo={private_repo(tmp_path)}",
             "--model=toy_tp", "--log-format=json"]

@@ -149,9 +149,9 @@ class StartupMonitor:
         self._roots, self._full_read_at = 0, 0.0  # this pod's ranks found, when /proc is next read in full
         self._pool = concurrent.futures.ThreadPoolExecutor(min(16, max(1, len(self.placement) - 1)), "figures")
 
-    def start(self, mpirun_pid: int, registry: CollectorRegistry) -> None:
+    def start(self, mpirun_pid: int, metrics: StartupMetrics) -> None:
         self._mpirun = mpirun_pid
-        self._metrics = StartupMetrics(registry)
+        self._metrics = metrics
         self.progress = StartupProgress(self.placement, self.sizes, self.options.stall_s,
                                         max(MIN_RATE_WINDOW_S, self.options.interval_s), time.monotonic())
         self._thread = threading.Thread(target=self._run, args=(self._make_view(),), name="startup-progress",

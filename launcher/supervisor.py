@@ -26,12 +26,13 @@ from .config import CanaryConfig
 from .observability import LeaderPhase
 from .outcome import Ended, Outcome
 from .plan import LaunchPlan
+from .runtime_start import StderrTee
 
 if TYPE_CHECKING:
     import psutil
 
     from .observability import LeaderMetrics
-    from .startup import StartupMonitor
+    from .startup import StartupMetrics, StartupMonitor
 
 log = logging.getLogger("launcher.supervisor")
 
@@ -141,6 +142,7 @@ class Supervisor:
         self.options = options
         self.serve = serve  # the leader's metrics (and health server), once mpirun runs
         self._metrics: LeaderMetrics | None = None
+        self._load_metrics: StartupMetrics | None = None
         self.canary: Canary | None = None
         self.rank0_ready = rank0_ready
         self.stop = stop
@@ -153,22 +155,42 @@ class Supervisor:
         self.time_to_ready_s: float | None = None
 
     def run(self) -> Outcome:
-        started = time.monotonic()
         with hostfile_written(self.plan):
-            self.proc = subprocess.Popen(self.plan.argv, env=self.environ, start_new_session=True)
-            log.info("mpirun started (pid %d) with %d ranks", self.proc.pid, len(self.plan.ranks))
-            outcome = None
-            try:
+            outcome, tee = self._attempt()
+            if tee.runtime_did_not_start and outcome.ended is Ended.MPIRUN_FAILED and not self.stop.is_set():
+                log.warning("mpirun's runtime did not start (its message is above): starting mpirun once more")
+                outcome, tee = self._attempt()
+            return outcome
+
+    def _attempt(self) -> tuple[Outcome, StderrTee]:
+        """One mpirun, from its start to the end of every process of it."""
+        started = time.monotonic()
+        self.proc = subprocess.Popen(self.plan.argv, env=self.environ, start_new_session=True, stderr=subprocess.PIPE)
+        assert self.proc.stderr is not None
+        tee = StderrTee(self.proc.stderr).start()
+        log.info("mpirun started (pid %d) with %d ranks", self.proc.pid, len(self.plan.ranks))
+        outcome = None
+        try:
+            if self._metrics is None:
                 self._metrics = self.serve()
                 self.metrics.ranks_expected.set(len(self.plan.ranks))
-                self.metrics.phases.enter(LeaderPhase.LAUNCH)
-                if self.start_progress is not None:
-                    self.progress = self.start_progress()
-                    self.progress.start(self.proc.pid, self.metrics.registry)
-                outcome = self._monitor(self.proc, started)
-                return outcome
-            finally:
-                self._shutdown(self.proc, graceful=outcome is not None and outcome.graceful)
+            self.metrics.phases.enter(LeaderPhase.LAUNCH)
+            if self.start_progress is not None:
+                self.progress = self.start_progress()
+                self.progress.start(self.proc.pid, self._startup_metrics())
+            outcome = self._monitor(self.proc, started)
+            return outcome, tee
+        finally:
+            self._shutdown(self.proc, graceful=outcome is not None and outcome.graceful)
+            tee.join(1.0)  # its last words come before the launcher's next line
+
+    def _startup_metrics(self) -> StartupMetrics:
+        """The load's figures: one set in the registry, whichever mpirun's load they show."""
+        if self._load_metrics is None:
+            from .startup import StartupMetrics
+
+            self._load_metrics = StartupMetrics(self.metrics.registry)
+        return self._load_metrics
 
     @property
     def metrics(self) -> LeaderMetrics:

@@ -19,15 +19,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..plan import LaunchPlan, Rank
+from ..runtime_start import said_runtime_did_not_start
 
 log = logging.getLogger("launcher.preflight")
 
 STAGES = ("start", "info", "barrier", "allreduce", "done")
 # What mpirun prints when its own runtime failed to come up, intermittently, before any rank
 # started (Open MPI 4.1 with PMIx 4.2 on a busy node): worth one more try, not a failed check.
-TRANSIENT_START_FAILURES = ("PMIx server's listener thread failed to start",)
-
-
 @dataclasses.dataclass
 class RankReport:
     rank: int
@@ -155,16 +153,16 @@ def run_preflight(plan: LaunchPlan, environ: Mapping[str, str], timeout_s: float
 
     with hostfile_written(plan):
         result = _run(plan, environ, timeout_s, stop)
-        if _failed_to_start_transiently(result) and not (stop is not None and stop.is_set()):
+        if _runtime_did_not_start(result) and not (stop is not None and stop.is_set()):
             log.warning("preflight: mpirun's runtime did not start (%s); trying once more", result.problems[0])
             retried = _run(plan, environ, max(1.0, timeout_s - result.seconds), stop)
             result = dataclasses.replace(retried, seconds=result.seconds + retried.seconds)
         return result
 
 
-def _failed_to_start_transiently(result: PreflightResult) -> bool:
+def _runtime_did_not_start(result: PreflightResult) -> bool:
     return all(r.stage == "not started" for r in result.ranks) and any(
-        marker in problem for problem in result.problems for marker in TRANSIENT_START_FAILURES)
+        said_runtime_did_not_start(problem) for problem in result.problems)
 
 
 def _run(plan: LaunchPlan, environ: Mapping[str, str], timeout_s: float,

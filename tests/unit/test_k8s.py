@@ -24,10 +24,9 @@ from launcher.k8s.pods import (
     screen,
 )
 from launcher.k8s.watch import access_error
-from launcher.observability import LeaderMetrics
 from launcher.outcome import Ended, Outcome, exit_code, finish
-from launcher.plan import LaunchPlan, Member, MpiFlavor, Rank
-from launcher.supervisor import Supervisor, SupervisorOptions
+from launcher.plan import Member
+from tests.unit.supervising import supervise
 
 
 def v1pod(name: str, index: str | None, phase: str | None = "Running", ip: str | None = "10.0.0.1",
@@ -170,29 +169,6 @@ def test_namespace_from_flag_else_service_account_file(tmp_path: Path) -> None:
 
 def test_changed_is_none_before_discovery() -> None:
     assert KubernetesGroup("ns", "k", 2, 1.0).changed() is None
-
-
-def plan_running(*argv: str) -> LaunchPlan:
-    ranks = (Rank(0, "p0", "a0", 0, ("x",)), Rank(1, "p1", "a1", 0, ("x",)))
-    return LaunchPlan(MpiFlavor(5, 0), ("p0:1", "p1:1"), ranks, argv, {"LAUNCHER_LAUNCH_ID": "unit-k8s"}, (),
-                      "/tmp/launcher-unit-k8s.hosts")
-
-
-class NeverReady:
-    def __call__(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
-def supervise(group_changed: object, argv: tuple[str, ...]) -> tuple[Outcome, float]:
-    options = SupervisorOptions(startup_timeout_s=30, stop_grace_s=1, local_ranks=0, group_settle_s=1.0)
-    metrics = LeaderMetrics()
-    supervisor = Supervisor(plan_running(*argv), options, lambda: metrics, NeverReady(), threading.Event(),
-                            group_changed=group_changed)  # type: ignore[arg-type]
-    begun = time.monotonic()
-    return supervisor.run(), time.monotonic() - begun
 
 
 DELETED = Outcome(Ended.GROUP_CHANGED, "pod w (worker 1) was deleted: stopping the launch")

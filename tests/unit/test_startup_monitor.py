@@ -24,7 +24,7 @@ from launcher.loadmeter import PodFigures
 from launcher.plan import LaunchPlan, MpiFlavor, Rank
 from launcher.progress import StartupProgress
 from launcher.progressbar import BarView
-from launcher.startup import MonitorOptions, StartupMonitor, model_states
+from launcher.startup import MonitorOptions, StartupMetrics, StartupMonitor, model_states
 from tests.conftest import free_port
 
 MiB = 2**20
@@ -80,7 +80,7 @@ def test_lines_metrics_readiness_and_a_stall(mpirun: tuple[subprocess.Popen[byte
     caplog.set_level(logging.INFO, "launcher.progress")
     options = MonitorOptions(interval_s=0.5, stall_s=1.0, health_port=free_port(), http_port=free_port())
     monitor, registry = StartupMonitor(plan({"here": [0, 1]}), {0: 6 * MiB, 1: 6 * MiB}, options), CollectorRegistry()
-    monitor.start(proc.pid, registry)
+    monitor.start(proc.pid, StartupMetrics(registry))
     eventually(lambda: (metric(registry, 'launcher_startup_progress_ratio{group_pod="here"}') or 0) > 0.2)
     assert re.fullmatch(r"; loading \d+\.\d% \(.* MiB of 12\.0 MiB\), ETA \d+s", monitor.readiness_suffix())
     rank1 = next(p for p in psutil.Process(proc.pid).children() if p.environ().get("OMPI_COMM_WORLD_RANK") == "1")

@@ -26,13 +26,14 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .plan import MPI_LAUNCHERS
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Gauge
 
 log = logging.getLogger("launcher.loadmeter")
 
 RANK_ENV_KEYS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK")  # what MPI sets in every rank's environment
-MPI_LAUNCHERS = ("mpirun", "orterun", "prterun", "orted", "prted")  # a rank's parent
 RANK_BYTES = "launcher_worker_rank_bytes_read"
 RANK_COUNT = "launcher_worker_ranks"
 GPU_USED = "launcher_worker_gpu_memory_used_bytes"

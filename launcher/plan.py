@@ -35,6 +35,7 @@ from .config import LaunchConfig
 from .errors import ConfigError
 
 LAUNCH_ID_ENV = "LAUNCHER_LAUNCH_ID"
+MPI_LAUNCHERS = ("mpirun", "orterun", "prterun", "orted", "prted")  # the processes that start ranks
 # Which GPUs a pod has is the pod's own business (the device plugin decides):
 # never copy the leader's view onto other pods.
 POD_LOCAL_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")

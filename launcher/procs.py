@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import psutil
 
-from .plan import LAUNCH_ID_ENV
+from .plan import LAUNCH_ID_ENV, MPI_LAUNCHERS
 
 
 def processes_with_env(name: str, value: str) -> list[psutil.Process]:
@@ -37,8 +37,6 @@ def processes_with_env(name: str, value: str) -> list[psutil.Process]:
 def launch_processes(launch_id: str) -> list[psutil.Process]:
     return processes_with_env(LAUNCH_ID_ENV, launch_id)
 
-
-MPI_LAUNCHERS = ("mpirun", "orterun", "prterun", "orted", "prted")
 
 
 def rank_roots(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
@@ -77,7 +75,8 @@ def terminate(procs: Iterable[psutil.Process], grace_s: float,
     return wait_gone(alive, 2.0)
 
 
-def _running(proc: psutil.Process) -> bool:
+def running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie (one that has ended, not yet reaped)."""
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -90,10 +89,10 @@ def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Proc
     A zombie counts as gone: orphans are reaped by PID 1, which in a container
     may take its time, and a zombie holds no GPU, port or memory."""
     deadline = time.monotonic() + timeout_s
-    alive = [p for p in procs if _running(p)]
+    alive = [p for p in procs if running(p)]
     while alive and time.monotonic() < deadline:
         time.sleep(0.02)
-        alive = [p for p in alive if _running(p)]
+        alive = [p for p in alive if running(p)]
     return alive
 
 

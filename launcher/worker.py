@@ -35,6 +35,13 @@ def _namespace(pid: int | str) -> str | None:
         return None
 
 
+def _named(proc: psutil.Process, names: tuple[str, ...]) -> bool:
+    try:
+        return proc.name() in names
+    except psutil.Error:
+        return False
+
+
 class WorkerAgent:
     def __init__(self, interval_s: float = 1.0, kill_grace_s: float = 3.0) -> None:
         self.interval_s = interval_s
@@ -109,7 +116,7 @@ class WorkerAgent:
             log.info("ranked: %d ranks under %d MPI launchers in this pod", len(ranks), len(launchers))
         elif self.state == WorkerState.RANKED:
             gone_ranks = [pid for pid in self.ranks if pid not in ranks]
-            gone_launchers = [pid for pid, p in self.launchers.items() if not p.is_running()]
+            gone_launchers = [pid for pid, p in self.launchers.items() if not procs.running(p)]
             if gone_ranks or gone_launchers:
                 self._lose(f"{len(gone_ranks)} ranks and {len(gone_launchers)} MPI daemons ended")
                 return
@@ -125,7 +132,7 @@ class WorkerAgent:
         self.losses.inc()
         self.states.enter(WorkerState.LOST)
         leftovers = [proc for proc, _ in self._carriers().values()]
-        leftovers += [p for p in self.launchers.values() if p.is_running() and p.name() in DAEMON_NAMES]
+        leftovers += [p for p in self.launchers.values() if procs.running(p) and _named(p, DAEMON_NAMES)]
         if leftovers:
             log.warning("lost: %s; ending %d leftover MPI processes", reason, len(leftovers))
             procs.terminate(leftovers, self.kill_grace_s)
@@ -149,5 +156,8 @@ class WorkerAgent:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            self.observe()
+            try:
+                self.observe()
+            except psutil.Error as exc:  # a process ended between two reads of it: the next look sees why
+                log.debug("a process changed while looked at: %s", exc)
             stop.wait(self.interval_s)

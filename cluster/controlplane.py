@@ -42,6 +42,8 @@ KUBELET_PORT = 10250
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 SANDBOX_READY = "kube-cluster.test/sandbox-ready"  # set once a pod's sandbox is set up; kwok waits for it
+FRONT_PROXY = "front-proxy-client"  # the apiserver's identity towards aggregated API servers
+KEDA_NAMESPACE, KEDA_ADAPTER = "keda", "keda-metrics-apiserver"  # the adapter's Service, as KEDA's manifests name it
 
 
 def free_port() -> int:
@@ -137,6 +139,7 @@ class Cluster:
         self.api: Any = None
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.keda: list[Proc] = []  # KEDA's operator and adapter, once start_keda ran
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> Cluster:
@@ -223,6 +226,7 @@ class Cluster:
         self.kubelet_client = self.ca.issue("apiserver-kubelet", "kube-apiserver-kubelet-client",
                                             orgs=("system:masters",), client=True)
         self.admin_cert = self.ca.issue("admin", "admin", orgs=("system:masters",), client=True)
+        self.front_proxy_cert = self.ca.issue("front-proxy-client", FRONT_PROXY, client=True)
         self.webhook_dir = self.workdir / "lws-certs"
         self.webhook_dir.mkdir()
         crt, key = self.ca.issue("lws-webhook", "lws-webhook", hosts=("127.0.0.1",), server=True)
@@ -249,6 +253,7 @@ class Cluster:
         self.server = f"https://{self.server_ip}:{self.api_port}"
         crt, key = self.apiserver_cert
         kcrt, kkey = self.kubelet_client
+        pcrt, pkey = self.front_proxy_cert
         api = self._proc("kube-apiserver", [
             str(BIN / "kube-apiserver"), f"--etcd-servers={self.etcd_url}",
             f"--bind-address={self.server_ip}", f"--advertise-address={self.server_ip}",
@@ -259,6 +264,12 @@ class Cluster:
             "--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true",
             "--kubelet-preferred-address-types=InternalIP", f"--kubelet-certificate-authority={self.ca_path}",
             f"--kubelet-client-certificate={kcrt}", f"--kubelet-client-key={kkey}",
+            # the aggregation layer (KEDA's metrics adapter): the apiserver proxies as FRONT_PROXY and,
+            # with no kube-proxy on the host, to the EndpointSlice's address rather than the ClusterIP
+            f"--requestheader-client-ca-file={self.ca_path}", f"--requestheader-allowed-names={FRONT_PROXY}",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-", f"--proxy-client-cert-file={pcrt}",
+            f"--proxy-client-key-file={pkey}", "--enable-aggregator-routing=true",
             f"--cert-dir={self.workdir / 'apiserver'}", "--profiling=false", "--v=1"])
         self.kubeconfig = self._write_kubeconfig("admin", *self.admin_cert)
         self._wait_apiserver(api)
@@ -308,7 +319,8 @@ class Cluster:
                 f"--v={verbosity}"]
         if name == "kube-controller-manager":
             argv += [f"--service-account-private-key-file={self.sa_key}", f"--root-ca-file={self.ca_path}",
-                     "--controllers=*", "--cluster-name=test"]
+                     "--controllers=*", "--cluster-name=test",
+                     "--horizontal-pod-autoscaler-sync-period=2s"]  # an autoscaling test waits for its decisions
         return self._proc(name, argv)
 
     def _start_lws(self) -> tuple[Proc, int]:
@@ -439,6 +451,65 @@ class Cluster:
         self._webhooks("kueue", (proc, port), lambda hook: {} if any(
             w in hook["clientConfig"]["service"]["path"] for w in wanted) else None)
         return proc
+
+    def start_keda(self) -> list[Proc]:
+        """KEDA's CRDs, its operator and its metrics adapter, the adapter serving external.metrics.k8s.io
+        through the aggregation layer; certificates from the test CA (KEDA's rotation writes a Secret for
+        a kubelet to mount: nothing would). Once per cluster; call after start()."""
+        if self.keda:
+            return self.keda
+        from kubernetes import client
+        self._install_crds("keda")
+        client.CoreV1Api(self.api).create_namespace({"metadata": {"name": KEDA_NAMESPACE}})
+        certs = self.workdir / "keda-certs"
+        certs.mkdir()
+        # one certificate for both ends of the operator's mutual-TLS gRPC and for the adapter's API
+        hosts = ("127.0.0.1", self.server_ip, f"{KEDA_ADAPTER}.{KEDA_NAMESPACE}.svc")
+        crt, key = self.ca.issue("keda", "keda", hosts=hosts, server=True, client=True)
+        crt.rename(certs / "tls.crt")
+        key.rename(certs / "tls.key")
+        (certs / "ca.crt").write_bytes(self.ca.pem)
+        grpc, health, secure, metrics = free_port(), free_port(), free_port(), free_port()
+        env = {"PATH": SYSTEM_PATH, "HOME": str(self.workdir), "KUBECONFIG": str(self.kubeconfig),
+               "WATCH_NAMESPACE": "", "KEDA_CLUSTER_OBJECT_NAMESPACE": KEDA_NAMESPACE, "POD_NAMESPACE": KEDA_NAMESPACE}
+        self.keda.append(self._proc("keda-operator", [
+            str(BIN / "keda-operator"), "--leader-elect=false", "--enable-cert-rotation=false",
+            "--enable-apiservice-patching=false", "--enable-webhook-patching=false", "--metrics-bind-address=0",
+            f"--health-probe-bind-address=127.0.0.1:{health}", f"--metrics-service-bind-address=127.0.0.1:{grpc}",
+            f"--cert-dir={certs}", "--zap-log-level=info"], env=env))
+        kubeconfig = str(self.kubeconfig)
+        self.keda.append(self._proc("keda-adapter", [
+            str(BIN / "keda-adapter"), f"--bind-address={self.server_ip}", f"--secure-port={secure}",
+            f"--cert-dir={certs}", f"--tls-cert-file={certs / 'tls.crt'}",
+            f"--tls-private-key-file={certs / 'tls.key'}",
+            f"--lister-kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", f"--metrics-service-address=127.0.0.1:{grpc}",
+            f"--port={metrics}", "--zap-log-level=info"], env=env))
+        self._register_api_service("external.metrics.k8s.io", "v1beta1", secure)
+        return self.keda
+
+    def _register_api_service(self, group: str, version: str, port: int) -> None:
+        """The adapter listening on the bridge address as ``version.group``: a Service without a
+        selector, its EndpointSlice (no loopback address is allowed there), the APIService; once Available."""
+        from kubernetes import client
+        core = client.CoreV1Api(self.api)
+        core.create_namespaced_service(KEDA_NAMESPACE, {"metadata": {"name": KEDA_ADAPTER}, "spec": {
+            "ports": [{"name": "https", "port": 443, "targetPort": port, "protocol": "TCP"}]}})
+        client.DiscoveryV1Api(self.api).create_namespaced_endpoint_slice(KEDA_NAMESPACE, {
+            "metadata": {"name": KEDA_ADAPTER, "labels": {"kubernetes.io/service-name": KEDA_ADAPTER}},
+            "addressType": "IPv4", "endpoints": [{"addresses": [self.server_ip], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})
+        registration = client.ApiregistrationV1Api(self.api)
+        name = f"{version}.{group}"
+        registration.create_api_service({"metadata": {"name": name}, "spec": {
+            "group": group, "version": version, "groupPriorityMinimum": 100, "versionPriority": 100,
+            "service": {"name": KEDA_ADAPTER, "namespace": KEDA_NAMESPACE, "port": 443},
+            "caBundle": base64.b64encode(self.ca.pem).decode()}})
+
+        def available() -> bool:
+            conditions = registration.read_api_service(name).status.conditions or []
+            return any(c.type == "Available" and c.status == "True" for c in conditions)
+        wait_for(f"APIService {name} Available", available, 120, self.keda)
 
     def _wait_ready(self) -> None:
         from kubernetes import client

@@ -104,6 +104,16 @@ def release_pod(docs: list[dict[str, Any]], role: str, addresses: dict[str, str]
     return Pod(namespace, pod_name, uid, labels, container["name"], ports, addresses)
 
 
+def scraped_pod(pod: Any) -> Pod:
+    """A running pod of a cluster (a kubernetes client V1Pod) as Kubernetes SD sees it: its named
+    container ports at its IP."""
+    container = pod.spec.containers[0]
+    ports = {port.name: int(port.container_port) for port in container.ports or [] if port.name}
+    addresses = {name: f"{pod.status.pod_ip}:{port}" for name, port in ports.items()}
+    meta = pod.metadata
+    return Pod(meta.namespace, meta.name, meta.uid, dict(meta.labels or {}), container.name, ports, addresses)
+
+
 def relabel_config(rule: dict[str, Any]) -> dict[str, Any]:
     """A PodMonitor RelabelConfig (camelCase) as Prometheus's relabel_config."""
     names = {"sourceLabels": "source_labels", "targetLabel": "target_label", "separator": "separator",

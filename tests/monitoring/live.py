@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,16 +117,16 @@ def start(tmp: Path, helm: Helm, ranks: int = 2) -> LiveRun:
         raise
 
 
-def client_loop(port: int, until: float, count: list[int]) -> None:
-    """Requests to the toy model on rank 0, back to back, until ``until`` (monotonic)."""
+def client_loop(port: int, go_on: Callable[[], bool], count: list[int], host: str = "127.0.0.1") -> None:
+    """Requests to the toy model on rank 0, back to back, while ``go_on()``."""
     import numpy as np
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    client = httpclient.InferenceServerClient(f"{host}:{port}")
     tensor = httpclient.InferInput("INPUT", [64], "FP32")
     tensor.set_data_from_numpy(np.arange(64, dtype=np.float32))
     try:
-        while time.monotonic() < until:
+        while go_on():
             client.infer("toy_tp", [tensor])
             count.append(1)
     finally:
@@ -139,7 +140,9 @@ def drive(run: LiveRun, phases: tuple[tuple[str, float, int], ...] = PHASES) -> 
         start = time.time()
         until = time.monotonic() + seconds
         count: list[int] = []
-        threads = [threading.Thread(target=client_loop, args=(run.launch.ports.http, until, count), daemon=True)
+        def go_on(until: float = until) -> bool:
+            return time.monotonic() < until
+        threads = [threading.Thread(target=client_loop, args=(run.launch.ports.http, go_on, count), daemon=True)
                    for _ in range(clients)]
         for thread in threads:
             thread.start()

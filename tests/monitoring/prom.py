@@ -78,7 +78,7 @@ class Prometheus:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 60.0) -> Prometheus:
+    def _write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = dict(self.config)
         if self.rule_groups:
@@ -87,6 +87,17 @@ class Prometheus:
             config["rule_files"] = [str(rules)]
         config_file = self.workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        return config_file
+
+    def reload(self, config: dict[str, Any], rule_groups: list[dict[str, Any]] | None = None) -> None:
+        """Run with this configuration and these rules from now on (SIGHUP: Prometheus rereads both)."""
+        assert self.proc is not None and self.proc.poll() is None, "reload a running Prometheus"
+        self.config, self.rule_groups = dict(config), rule_groups or []
+        self._write_config()
+        self.proc.send_signal(signal.SIGHUP)
+
+    def start(self, timeout_s: float = 60.0) -> Prometheus:
+        config_file = self._write_config()
         for _ in range(3):  # a free port can be taken between finding it and binding it
             self.port = free_port()
             argv = [str(self.binary), f"--config.file={config_file}", f"--storage.tsdb.path={self.workdir / 'data'}",

@@ -118,10 +118,19 @@ def serving_again(s: Served, old: list[client.V1Pod], timeout: float = RECOVERY_
 
 
 
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` laid over it, mappings merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 @contextlib.contextmanager
-def installed(cluster: Cluster, nodes: RealNodes, helm_binary: Path, workdir: Path) -> Iterator[Served]:
-    """A namespace with the toy model on a hostPath claim and the chart installed in it (not waited
-    for); uninstalled and deleted afterwards."""
+def installed(cluster: Cluster, nodes: RealNodes, helm_binary: Path, workdir: Path,
+              changes: dict[str, Any] | None = None) -> Iterator[Served]:
+    """A namespace with the toy model on a hostPath claim and the chart installed in it with these
+    tests' values and ``changes`` to them (not waited for); uninstalled and deleted afterwards."""
     ns = cluster.create_namespace("real")
     models = workdir / f"models-{ns}"
     shutil.copytree(TOY_REPO, models / "toy", ignore=shutil.ignore_patterns("__pycache__"))
@@ -129,7 +138,7 @@ def installed(cluster: Cluster, nodes: RealNodes, helm_binary: Path, workdir: Pa
     core = client.CoreV1Api(cluster.api)
     pv = provide_claim(core, ns, models)
     values_file = workdir / f"{ns}-values.yaml"
-    values_file.write_text(yaml.safe_dump(values(nodes.image, f"{MOUNT}/toy")))
+    values_file.write_text(yaml.safe_dump(merged(values(nodes.image, f"{MOUNT}/toy"), changes or {})))
     helm = Release(helm_binary, cluster.kubeconfig, ns)
     served = Served(cluster, nodes, helm, ns, ExitRecorder(cluster.api, ns), values_file)
     helm.helm("install", RELEASE, str(CHART), "-f", str(values_file))

@@ -38,7 +38,6 @@ def launch_processes(launch_id: str) -> list[psutil.Process]:
     return processes_with_env(LAUNCH_ID_ENV, launch_id)
 
 
-
 def rank_roots(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
     """The processes MPI started (ranks, or their nsys wrapper), not their children.
 

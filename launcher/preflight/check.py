@@ -24,8 +24,8 @@ from ..runtime_start import said_runtime_did_not_start
 log = logging.getLogger("launcher.preflight")
 
 STAGES = ("start", "info", "barrier", "allreduce", "done")
-# What mpirun prints when its own runtime failed to come up, intermittently, before any rank
-# started (Open MPI 4.1 with PMIx 4.2 on a busy node): worth one more try, not a failed check.
+
+
 @dataclasses.dataclass
 class RankReport:
     rank: int

@@ -161,14 +161,15 @@ def merged_values(*paths: Path) -> dict[str, Any]:
     """values.yaml overlaid with the given files, the way helm merges maps."""
     values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
     for path in paths:
-        _merge(values, yaml.safe_load(path.read_text()) or {})
+        merge_into(values, yaml.safe_load(path.read_text()) or {})
     return values
 
 
-def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> None:
+def merge_into(base: dict[str, Any], overlay: dict[str, Any]) -> None:
+    """Lay ``overlay`` over ``base`` in place, the way helm merges maps."""
     for key, value in overlay.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge_into(base[key], value)
         else:
             base[key] = value
 

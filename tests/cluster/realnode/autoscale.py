@@ -140,6 +140,12 @@ def desired(s: Served) -> int | None:
     return None if status is None else status.desired_replicas
 
 
+def reading(s: Served) -> Any:
+    """What the HPA last read of its metric, None until it exists and has read."""
+    status = hpa(s)
+    return None if status is None else status.current_metrics
+
+
 def replicas(s: Served) -> int:
     return int(client.CustomObjectsApi(s.cluster.api).get_namespaced_custom_object(
         "leaderworkerset.x-k8s.io", "v1", s.ns, "leaderworkersets", LWS)["spec"]["replicas"])
@@ -178,13 +184,13 @@ def scale_out_and_in(cluster: Cluster, nodes: RealNodes, helm: Path, workdir: Pa
 
         with Targets(prometheus, s, docs):
             first = wait_for("group 0 answering", lambda: leaders_answering(s), now, RECOVERY_S, interval_s=1)
-            wait_for(f"{HPA} reading the metric", lambda: (hpa(s) or None) and hpa(s).current_metrics, now, 60)
+            wait_for(f"{HPA} reading the metric", lambda: reading(s), now, 60)
             assert desired(s) == 1 and replicas(s) == 1, now()
             with Load(next(iter(first.values()))) as load:
                 began = time.monotonic()
                 wait_for("the HPA asking for 2 groups", lambda: desired(s) == 2, now, DECISION_S, interval_s=0.5)
                 decided = time.monotonic()
-                metric = str(hpa(s).current_metrics[0].external.current.average_value)
+                metric = str(reading(s)[0].external.current.average_value)
                 wait_for("a second group answering", lambda: len(leaders_answering(s)) == 2, now, RECOVERY_S,
                          interval_s=1)
                 serving = time.monotonic()

@@ -16,6 +16,7 @@ from kubernetes import client
 from cluster.controlplane import Cluster
 from cluster.realnode import NODE_LABEL, TAINT, RealNodes
 from launcher.cli.local import EXAMPLE_CANARY
+from tests.chart.chart_helpers import merge_into
 from tests.cluster.helm import Release, describe, provide_claim, release_pods
 from tests.cluster.lws import wait_for
 from tests.cluster.realnode.pods import ExitRecorder
@@ -116,16 +117,6 @@ def serving_again(s: Served, old: list[client.V1Pod], timeout: float = RECOVERY_
     return pods
 
 
-
-
-def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``changes`` laid over it, mappings merged key by key."""
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 @contextlib.contextmanager
 def installed(cluster: Cluster, nodes: RealNodes, helm_binary: Path, workdir: Path,
               changes: dict[str, Any] | None = None) -> Iterator[Served]:
@@ -138,7 +129,9 @@ def installed(cluster: Cluster, nodes: RealNodes, helm_binary: Path, workdir: Pa
     core = client.CoreV1Api(cluster.api)
     pv = provide_claim(core, ns, models)
     values_file = workdir / f"{ns}-values.yaml"
-    values_file.write_text(yaml.safe_dump(merged(values(nodes.image, f"{MOUNT}/toy"), changes or {})))
+    chosen = values(nodes.image, f"{MOUNT}/toy")
+    merge_into(chosen, changes or {})
+    values_file.write_text(yaml.safe_dump(chosen))
     helm = Release(helm_binary, cluster.kubeconfig, ns)
     served = Served(cluster, nodes, helm, ns, ExitRecorder(cluster.api, ns), values_file)
     helm.helm("install", RELEASE, str(CHART), "-f", str(values_file))

@@ -66,13 +66,15 @@ def serving_record(core: client.CoreV1Api, ns: str, release: str) -> Iterator[Re
             for event in stream.stream(core.list_namespaced_pod, ns, label_selector=selector,
                                        resource_version=listed.metadata.resource_version, timeout_seconds=120):
                 pod = event["object"]
+                if event["type"] not in ("ADDED", "MODIFIED", "DELETED") or pod is None:
+                    raise ProtocolError(f"watch event {event['type']} without a pod")  # an ERROR event, say
                 if event["type"] == "DELETED":
                     pods.pop(pod.metadata.name, None)
                 else:
                     pods[pod.metadata.name] = pod
                 record.points.append((time.monotonic() - record.started, serving_groups(pods), len(pods)))
         except ProtocolError:
-            if not stop.is_set():  # the stream closed under us: the record would be partial
+            if not stop.is_set():  # the stream closed or failed under us: the record would be partial
                 record.broken = True
 
     thread = threading.Thread(target=follow, daemon=True)
